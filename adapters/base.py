@@ -1,0 +1,81 @@
+"""The boundary every chat platform implements.
+
+An adapter only knows how to put text into its platform and edit it again; the core owns
+the cadence (`bot.flusher.StreamFlusher`), the queueing and the history. Platform errors
+the core must react to are translated into the exceptions below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.types import ConversationKey, IncomingMessage, MessageRef
+
+
+class PlatformError(Exception):
+    """A send or edit failed in a way worth retrying (5xx, dropped connection)."""
+
+
+class RateLimited(PlatformError):
+    """The platform asked us to slow down; `retry_after` is the pause it asked for, in seconds."""
+
+    def __init__(self, retry_after: float, message: str = "rate limited") -> None:
+        super().__init__(f"{message} (retry after {retry_after:g}s)")
+        self.retry_after = retry_after
+
+
+class MessageTooLong(PlatformError):
+    """The platform refused the text as too long even though we kept under `max_message_len`."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterLimits:
+    """What the flusher needs to know about a platform.
+
+    `max_message_len` is counted in characters of the plain text the core hands over;
+    adapters that render (Markdown to HTML) keep a margin for the markup.
+    `edit_interval` is the default pause between two edits of one message, in seconds.
+    """
+
+    max_message_len: int
+    edit_interval: float
+    has_typing: bool = False
+
+
+class CoreHandler(Protocol):
+    """What the core offers an adapter (`bot.service.ConversationService` implements it)."""
+
+    async def handle(self, msg: IncomingMessage) -> None:
+        """Answer a question or run a command; replies go out through the adapter's send/edit."""
+
+    async def command(self, msg: IncomingMessage) -> str:
+        """Run a command and return its reply for the adapter to deliver (e.g. ephemerally)."""
+
+
+class Adapter(Protocol):
+    """A chat platform. `name` is the platform id used in `ConversationKey.platform`."""
+
+    name: str
+    limits: AdapterLimits
+
+    async def start(self, handler: CoreHandler) -> None:
+        """Connect and begin delivering messages to `handler`; returns once running."""
+
+    async def stop(self) -> None:
+        """Disconnect; in-flight sends may still complete."""
+
+    async def send(
+        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+    ) -> MessageRef:
+        """Post a new message in the conversation. `final` means the text will not change again,
+        so the adapter may render it (Markdown) or end a native stream."""
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+        """Replace a sent message's text. Must treat "not modified" as success."""
+
+    async def typing(self, key: ConversationKey) -> None:
+        """Show a typing / thinking indicator, if the platform has one (else do nothing)."""
+
+    def edit_interval(self, key: ConversationKey) -> float:
+        """Seconds to wait between edits for this conversation right now (may vary with load)."""
