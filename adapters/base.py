@@ -7,10 +7,14 @@ the core must react to are translated into the exceptions below.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.types import ConversationKey, IncomingMessage, MessageRef
+from aiohttp import web
+
+from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
+from storage.base import Turn
 
 
 class PlatformError(Exception):
@@ -52,6 +56,9 @@ class CoreHandler(Protocol):
     async def command(self, msg: IncomingMessage) -> str:
         """Run a command and return its reply for the adapter to deliver (e.g. ephemerally)."""
 
+    async def history(self, key: ConversationKey) -> Sequence[Turn]:
+        """The conversation's stored turns, oldest first (the browser chat shows them on reload)."""
+
 
 class Adapter(Protocol):
     """A chat platform. `name` is the platform id used in `ConversationKey.platform`."""
@@ -79,3 +86,20 @@ class Adapter(Protocol):
 
     def edit_interval(self, key: ConversationKey) -> float:
         """Seconds to wait between edits for this conversation right now (may vary with load)."""
+
+
+class HttpMounted(Protocol):
+    """An adapter that serves HTTP (webhooks, the browser chat) on the bot's one HTTP server.
+
+    The app calls `mount(app)` before the server starts; the adapter adds its routes.
+    """
+
+    def mount(self, app: web.Application) -> None: ...
+
+
+class ShowsProgress(Protocol):
+    """An adapter that can show queue position and speed next to an answer."""
+
+    async def progress(
+        self, key: ConversationKey, ref: MessageRef | None, info: Progress
+    ) -> None: ...

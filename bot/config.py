@@ -55,7 +55,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 
 def parse_duration(value: Any) -> Any:
-    """"90s", "5m", "24h", "1d" or a plain number of seconds -> seconds (float)."""
+    """ "90s", "5m", "24h", "1d" or a plain number of seconds -> seconds (float)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):

@@ -54,3 +54,17 @@ class MessageRef:
 
     def get(self, name: str, default: str = "") -> str:
         return dict(self.extra).get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How an answer is coming along, for adapters that can show it (the browser chat).
+
+    `queue_position` is set while the question waits (1 = next); afterwards `tokens` and
+    `tokens_per_second` grow, and `done` marks the end.
+    """
+
+    queue_position: int | None = None
+    tokens: int = 0
+    tokens_per_second: float = 0.0
+    done: bool = False
