@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -88,6 +88,7 @@ class Adapter(Protocol):
         """Seconds to wait between edits for this conversation right now (may vary with load)."""
 
 
+@runtime_checkable
 class HttpMounted(Protocol):
     """An adapter that serves HTTP (webhooks, the browser chat) on the bot's one HTTP server.
 
@@ -97,6 +98,7 @@ class HttpMounted(Protocol):
     def mount(self, app: web.Application) -> None: ...
 
 
+@runtime_checkable
 class ShowsProgress(Protocol):
     """An adapter that can show queue position and speed next to an answer."""
 

@@ -1,0 +1,159 @@
+"""StreamFlusher: cadence, dedupe, splitting, backoff, final delivery — against a recording
+adapter, since the flusher's contract is about which sends/edits happen and when."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.base import AdapterLimits, PlatformError, RateLimited
+from bot.flusher import DeliveryFailed, StreamFlusher, split_point
+from bot.types import ConversationKey
+from tests.doubles import RecordingAdapter
+
+KEY = ConversationKey("test", "", "chat", "thread")
+
+
+def adapter(max_len: int = 4000, interval: float = 0.05) -> RecordingAdapter:
+    return RecordingAdapter(limits=AdapterLimits(max_len, interval, has_typing=True))
+
+
+async def stream(flusher: StreamFlusher, pieces: list[str], delay: float) -> None:
+    flusher.start()
+    for piece in pieces:
+        flusher.feed(piece)
+        await asyncio.sleep(delay)
+
+
+def words(n: int) -> list[str]:
+    return [f"word{i} " for i in range(n)]
+
+
+async def test_first_text_goes_out_then_edits_keep_the_cadence() -> None:
+    chat = adapter(interval=0.1)
+    flusher = StreamFlusher(chat, KEY)
+    pieces = words(60)
+    await stream(flusher, pieces, 0.01)
+    await flusher.finish("".join(pieces))
+
+    writes = chat.writes()
+    assert writes[0].kind == "send"
+    assert len(chat.messages()) == 1
+    assert chat.messages() == ["".join(pieces)]
+    # ~0.6 s of tokens at one edit per 0.1 s: a handful of edits, not 60.
+    assert 3 <= len(writes) <= 12
+    gaps = [b.at - a.at for a, b in zip(writes, writes[1:], strict=False)]
+    assert min(gaps) >= 0.1 * 0.9
+    assert writes[-1].final and not any(w.final for w in writes[:-1])
+
+
+async def test_never_sends_unchanged_text() -> None:
+    chat = adapter(interval=0.02)
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("same text")
+    await asyncio.sleep(0.1)
+    for _ in range(5):
+        flusher.feed("")  # nothing new
+        await asyncio.sleep(0.03)
+    await flusher.finish("same text")
+    texts = [(w.text, w.final) for w in chat.writes()]
+    assert texts == [("same text", False), ("same text", True)]
+
+
+async def test_long_answer_continues_in_new_messages_with_nothing_lost() -> None:
+    chat = adapter(max_len=100, interval=0.01)
+    flusher = StreamFlusher(chat, KEY)
+    pieces = words(80)
+    await stream(flusher, pieces, 0.002)
+    await flusher.finish("".join(pieces))
+
+    messages = chat.messages()
+    assert len(messages) >= 5
+    assert all(len(m) <= 100 for m in messages)
+    assert "".join(messages) == "".join(pieces)
+    # Every message ends final, and splits fall between words.
+    finals = {w.message_id for w in chat.writes() if w.final}
+    assert len(finals) == len(messages)
+    assert all(m.endswith(" ") for m in messages[:-1])
+
+
+async def test_rate_limit_pauses_edits_and_final_text_still_arrives() -> None:
+    chat = adapter(interval=0.02)
+    chat.fail("edit", RateLimited(0.3))
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("one ")
+    await asyncio.sleep(0.05)
+    flusher.feed("two ")  # this edit is refused with retry_after 0.3
+    await asyncio.sleep(0.05)
+    for piece in words(10):
+        flusher.feed(piece)
+        await asyncio.sleep(0.02)
+    final = "one two " + "".join(words(10))
+    chat.fail("edit", RateLimited(0.2), RateLimited(0.2))  # the final edit too, twice
+    await flusher.finish(final)
+
+    edits = chat.writes("edit")
+    assert chat.messages() == [final]
+    assert edits[-1].final and edits[-1].text == final
+    # After the 429, the next accepted edit waited for the pause the platform asked for.
+    refused_at = chat.refused[0][1]
+    assert edits[0].at - refused_at >= 0.3 * 0.95
+    assert len(chat.refused) == 3
+
+
+async def test_final_delivery_retries_platform_errors_then_gives_up() -> None:
+    chat = adapter()
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("partial")
+    await asyncio.sleep(0.05)
+    chat.fail("edit", PlatformError("502"), PlatformError("dropped connection"))
+    await flusher.finish("partial and final")
+    assert chat.messages() == ["partial and final"]
+
+    down = adapter()
+    flusher = StreamFlusher(down, KEY, give_up_after=1.0)
+    down.fail("send", *[PlatformError("503")] * 50)
+    with pytest.raises(DeliveryFailed):
+        await flusher.finish("never arrives")
+    assert down.messages() == []
+
+
+async def test_platform_that_counts_longer_gets_smaller_pieces() -> None:
+    chat = adapter(max_len=200, interval=0.01)
+    chat.too_long_over = 120  # e.g. markup added when rendering
+    flusher = StreamFlusher(chat, KEY)
+    answer = "".join(words(90))
+    await flusher.finish(answer)
+    assert "".join(chat.messages()) == answer
+    assert all(len(m) <= 120 for m in chat.messages())
+
+
+async def test_typing_until_first_token_and_placeholder_becomes_the_answer() -> None:
+    chat = adapter(interval=0.01)
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.status("⏳ Queued (position 1) — I'll answer here.")
+    await asyncio.sleep(0.05)
+    flusher.start_typing()
+    await asyncio.sleep(0.05)
+    flusher.feed("The answer.")
+    await flusher.finish("The answer.")
+
+    kinds = [op.kind for op in chat.ops]
+    assert kinds[0] == "send" and chat.ops[0].text.startswith("⏳ Queued (position 1)")
+    assert "typing" in kinds
+    assert "💭 Thinking…" in [op.text for op in chat.ops]
+    first_text = next(i for i, op in enumerate(chat.ops) if op.text == "The answer.")
+    assert "typing" not in kinds[first_text:]
+    assert chat.messages() == ["The answer."]
+
+
+def test_split_point_prefers_line_and_word_boundaries() -> None:
+    text = "a" * 60 + "\n" + "b" * 60
+    assert split_point(text, 100) == 61
+    assert split_point("x" * 150, 100) == 100
+    assert split_point("short", 100) == 5
