@@ -1,0 +1,85 @@
+"""Building the prompt for one question under a token budget.
+
+The budget covers the system prompt, the history and the question. Oldest turns go first;
+the question is never dropped — if it alone is too long, its middle is cut and the user is
+told, because the start usually says what it is and the end usually asks the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from llm.base import ChatMessage
+from storage.base import Turn
+
+CUT_MARKER = "\n[… part of this message was cut to fit the model's context …]\n"
+USABLE_STATUSES = ("complete", "stopped")
+
+TokenCounter = Callable[[Sequence[ChatMessage]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    messages: list[ChatMessage]
+    tokens: int
+    turns_used: int
+    turns_dropped: int
+    question_cut: bool
+
+
+def build_prompt(
+    system_prompt: str,
+    history: Sequence[Turn],
+    question: str,
+    *,
+    budget: int,
+    count: TokenCounter,
+) -> Prompt:
+    system = [ChatMessage("system", system_prompt)] if system_prompt else []
+    question_msg, cut = _fit_question(system, question, budget, count)
+    fixed = count([*system, question_msg])
+
+    turns = [t for t in history if t.status in USABLE_STATUSES and t.answer]
+    empty_cost = count([])
+    chosen: list[list[ChatMessage]] = []
+    spent = fixed
+    for turn in reversed(turns):
+        pair = [ChatMessage("user", turn.question), ChatMessage("assistant", turn.answer)]
+        cost = count(pair) - empty_cost
+        if spent + cost > budget:
+            break
+        chosen.append(pair)
+        spent += cost
+    chosen.reverse()
+
+    # Per-pair costs are estimates (templates join messages); confirm with one exact count.
+    while True:
+        messages = [*system, *(m for pair in chosen for m in pair), question_msg]
+        tokens = count(messages)
+        if tokens <= budget or not chosen:
+            break
+        chosen.pop(0)
+    return Prompt(messages, tokens, len(chosen), len(turns) - len(chosen), cut)
+
+
+def _fit_question(
+    system: list[ChatMessage], question: str, budget: int, count: TokenCounter
+) -> tuple[ChatMessage, bool]:
+    whole = ChatMessage("user", question)
+    if count([*system, whole]) <= budget:
+        return whole, False
+    # Binary search on how many characters to keep, split between head and tail.
+    low, high = 0, len(question)
+    best = ChatMessage("user", CUT_MARKER.strip())
+    while low <= high:
+        keep = (low + high) // 2
+        head = keep * 2 // 3
+        candidate = ChatMessage(
+            "user", question[:head] + CUT_MARKER + question[len(question) - (keep - head) :]
+        )
+        if count([*system, candidate]) <= budget:
+            best, low = candidate, keep + 1
+        else:
+            high = keep - 1
+    return best, True
