@@ -1,0 +1,131 @@
+"""The local browser chat: the platform edgeqa talks on when no Slack or Telegram token is set.
+
+It plays the part a chat platform plays elsewhere — the core sends and edits messages, and
+the adapter turns each send/edit/progress into an event for the browser tabs showing that
+thread (`adapters.web.state`). The HTTP side (page, ask, history, event stream, access
+token) lives in `adapters.web.routes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aiohttp import web
+
+from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
+from adapters.web.routes import WebRoutes
+from adapters.web.state import LiveState
+from bot.config import Settings
+from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "web"
+# Larger than any answer the model writes in one go; a browser has no real limit.
+MAX_MESSAGE_LEN = 20_000
+FAILED = "Sorry, something went wrong while answering. Please try again."
+
+
+class WebChatAdapter:
+    """Adapter, HttpMounted and ShowsProgress for the page served at `/`."""
+
+    name = PLATFORM
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limits = AdapterLimits(
+            max_message_len=MAX_MESSAGE_LEN,
+            edit_interval=settings.web.edit_interval,
+            has_typing=True,
+        )
+        self.state = LiveState()
+        self.handler: CoreHandler | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        token = settings.web_token.get_secret_value() if settings.web_token else None
+        self.routes = WebRoutes(self, token=token or None)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def mount(self, app: web.Application) -> None:
+        self.routes.mount(app)
+
+    async def start(self, handler: CoreHandler) -> None:
+        self.handler = handler
+        log.info(
+            "browser chat ready on http://%s:%s/", self.settings.web.host, self.settings.web.port
+        )
+
+    async def stop(self) -> None:
+        """End the event streams (so the HTTP server can shut down) and the running questions."""
+        self.state.close_all()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.handler = None
+
+    # --- questions from the page ---------------------------------------------------------
+
+    def ask(self, key: ConversationKey, text: str) -> str:
+        """Hand a question (or a typed command) to the core in its own task; returns its id."""
+        message_id = uuid.uuid4().hex
+        msg = IncomingMessage(
+            key=key,
+            user_id=key.channel,
+            text=text,
+            is_direct=True,
+            mentions_bot=True,
+            message_id=message_id,
+        )
+        self.state.ask(key, message_id, text)
+        task = asyncio.create_task(self._answer(msg), name=f"web-ask-{message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return message_id
+
+    async def _answer(self, msg: IncomingMessage) -> None:
+        try:
+            if self.handler is None:
+                raise RuntimeError("the browser chat is not started")
+            await self.handler.handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("answering a browser question failed (%s)", msg.key)
+            ref = await self.send(msg.key, FAILED, reply_to=msg.message_id, final=True)
+            log.debug("told the page about the failure in %s", ref.message_id)
+        finally:
+            self.state.finish(msg.key, msg.message_id, command=msg.text.startswith("/"))
+
+    # --- Adapter -------------------------------------------------------------------------
+
+    async def send(
+        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+    ) -> MessageRef:
+        self._check_length(text)
+        exchange = self.state.attach(key, reply_to)
+        ref = MessageRef(key, uuid.uuid4().hex, (("exchange", exchange),))
+        self.state.reply(key, exchange, ref.message_id, text, final=final)
+        return ref
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+        self._check_length(text)
+        self.state.reply(ref.key, ref.get("exchange"), ref.message_id, text, final=final)
+
+    async def typing(self, key: ConversationKey) -> None:
+        self.state.typing(key)
+
+    def edit_interval(self, key: ConversationKey) -> float:
+        return self.settings.web.edit_interval
+
+    # --- ShowsProgress -------------------------------------------------------------------
+
+    async def progress(self, key: ConversationKey, ref: MessageRef | None, info: Progress) -> None:
+        exchange = ref.get("exchange") if ref is not None else ""
+        self.state.progress(key, exchange, ref.message_id if ref else None, info)
+
+    def _check_length(self, text: str) -> None:
+        if len(text) > self.limits.max_message_len:
+            raise MessageTooLong(f"{len(text)} characters > {self.limits.max_message_len}")

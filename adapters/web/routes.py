@@ -1,0 +1,283 @@
+"""HTTP side of the browser chat: the page, asking, history and the per-thread event stream.
+
+Ids from the page (browser id, thread id) are opaque strings we only check for shape; they
+become `ConversationKey.channel` / `.thread`. When a token is configured (always when the
+chat listens beyond loopback) every route here needs it, from an `Authorization: Bearer`
+header or the cookie a `/?token=...` visit sets. Without a token the routes only answer a
+loopback `Host`, so a web page elsewhere cannot reach the chat through DNS rebinding, and
+asking needs a JSON body, which a cross-site form cannot send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from bot.types import ConversationKey
+from storage.base import Turn
+
+if TYPE_CHECKING:
+    from adapters.web.adapter import WebChatAdapter
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+MAX_TEXT_CHARS = 32_000  # above bot.max_question_chars so the core explains a long question
+MAX_BODY_BYTES = 4 * MAX_TEXT_CHARS + 1024
+MAX_RUNNING_PER_THREAD = 8
+COOKIE = "edgeqa_web"
+HEARTBEAT_SECONDS = 15.0
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _static_files() -> dict[str, bytes]:
+    folder = resources.files("adapters.web") / "static"
+    return {
+        item.name: item.read_bytes()
+        for item in folder.iterdir()
+        if item.is_file() and any(item.name.endswith(ext) for ext in STATIC_TYPES)
+    }
+
+
+def _content_type(name: str) -> str:
+    return next(ctype for ext, ctype in STATIC_TYPES.items() if name.endswith(ext))
+
+
+def _loopback_name(name: str | None) -> bool:
+    if name is None:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class WebRoutes:
+    """The routes `WebChatAdapter.mount` adds to the bot's one aiohttp application."""
+
+    heartbeat = HEARTBEAT_SECONDS
+
+    def __init__(self, adapter: WebChatAdapter, *, token: str | None) -> None:
+        self.adapter = adapter
+        self.token = token
+        self.session = (
+            hmac.new(token.encode(), b"edgeqa-web-session", hashlib.sha256).hexdigest()
+            if token
+            else None
+        )
+        self.files = _static_files()
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_get("/", self._guard(self.page))
+        app.router.add_get("/assets/{name}", self._guard(self.asset))
+        app.router.add_post("/api/ask", self._guard(self.ask))
+        app.router.add_get("/api/history", self._guard(self.history))
+        app.router.add_get("/api/events", self._guard(self.events))
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.adapter.state.close_all()
+
+    # --- access --------------------------------------------------------------------------
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.token is None:
+                if not _loopback_name(request.url.host):
+                    return _error(403, "the browser chat answers only on a loopback address")
+            elif request.path == "/" and "token" in request.query:
+                return self._login(request)
+            elif not self._authorized(request):
+                return _error(401, "open the chat once as /?token=<EDGEQA_WEB_TOKEN>")
+            return await handler(request)
+
+        return guarded
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self.token is not None and self.session is not None
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+        cookie = request.cookies.get(COOKIE, "")
+        return hmac.compare_digest(cookie.encode(), self.session.encode())
+
+    def _login(self, request: web.Request) -> web.StreamResponse:
+        assert self.token is not None and self.session is not None
+        given = request.query.get("token", "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return _error(401, "wrong token")
+        response = web.Response(status=303, headers={**SECURITY_HEADERS, "Location": "/"})
+        response.set_cookie(
+            COOKIE,
+            self.session,
+            max_age=30 * 86400,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
+
+    # --- page ----------------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        headers = {**SECURITY_HEADERS, "Content-Security-Policy": PAGE_CSP}
+        return web.Response(
+            body=self.files["index.html"],
+            content_type="text/html",
+            charset="utf-8",
+            headers=headers,
+        )
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in self.files or name == "index.html":
+            return _error(404, "no such file")
+        return web.Response(
+            body=self.files[name],
+            content_type=_content_type(name),
+            charset="utf-8",
+            headers=SECURITY_HEADERS,
+        )
+
+    # --- API -----------------------------------------------------------------------------
+
+    async def ask(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            return _error(415, "send JSON: {browser, thread, text}")
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+        body = await request.read()
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "not JSON")
+        if not isinstance(data, dict):
+            return _error(400, "send a JSON object: {browser, thread, text}")
+        key = _key(data.get("browser"), data.get("thread"))
+        if key is None:
+            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "the message is empty")
+        text = text.strip()
+        if len(text) > MAX_TEXT_CHARS:
+            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+        if self.adapter.handler is None:
+            return _error(503, "the bot is starting or stopping")
+        if self.adapter.state.running(key) >= MAX_RUNNING_PER_THREAD:
+            return _error(429, "this thread already has several questions waiting")
+        message_id = self.adapter.ask(key, text)
+        return web.json_response({"id": message_id}, status=202, headers=SECURITY_HEADERS)
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        key = _key(request.query.get("browser"), request.query.get("thread"))
+        if key is None:
+            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+        handler = self.adapter.handler
+        if handler is None:
+            return _error(503, "the bot is starting or stopping")
+        turns = list(await handler.history(key))
+        live = _without_stored(self.adapter.state.snapshot(key), turns)
+        payload = {
+            "turns": [
+                {
+                    "question": t.question,
+                    "answer": t.answer,
+                    "status": t.status,
+                    "tokens": t.completion_tokens,
+                }
+                for t in turns
+            ],
+            "live": live,
+        }
+        return web.json_response(payload, headers=SECURITY_HEADERS)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        key = _key(request.query.get("browser"), request.query.get("thread"))
+        if key is None:
+            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+        state = self.adapter.state
+        subscriber = state.subscribe(key)
+        response = web.StreamResponse(
+            headers={
+                **SECURITY_HEADERS,
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        try:
+            await response.prepare(request)
+            await response.write(b'retry: 1500\n\ndata: {"type":"hello"}\n\n')
+            while True:
+                frames = await subscriber.wait(self.heartbeat)
+                if frames is None:
+                    break
+                await response.write("".join(frames).encode() if frames else b": ping\n\n")
+        except (ConnectionResetError, ConnectionError):
+            log.debug("an event stream of %s went away", key)
+        finally:
+            state.unsubscribe(key, subscriber)
+        return response
+
+
+def _key(browser: Any, thread: Any) -> ConversationKey | None:
+    if not isinstance(browser, str) or not isinstance(thread, str):
+        return None
+    if not ID_PATTERN.match(browser) or not ID_PATTERN.match(thread):
+        return None
+    return ConversationKey(platform="web", workspace="", channel=browser, thread=thread)
+
+
+def _without_stored(live: list[dict[str, Any]], turns: list[Turn]) -> list[dict[str, Any]]:
+    """Drop live exchanges the core already stored (answered, task not yet returned), so a
+    reload in that instant does not show the turn twice."""
+    tail = turns[-len(live) :] if live else []
+    kept = []
+    for exchange in live:
+        replies = exchange["replies"]
+        if exchange["question"] is not None and replies and all(r["final"] for r in replies):
+            answer = "".join(r["text"] for r in replies).strip()
+            match = next(
+                (
+                    i
+                    for i, turn in enumerate(tail)
+                    if turn.question.strip() == exchange["question"]
+                    and turn.answer.strip() == answer
+                ),
+                None,
+            )
+            if match is not None:
+                del tail[match]
+                continue
+        kept.append(exchange)
+    return kept
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=SECURITY_HEADERS)

@@ -1,0 +1,171 @@
+"""The browser chat page in real headless Chromium (Debian's /usr/bin/chromium via Playwright),
+against the adapter on a scripted core: answers grow on screen, survive a reload, and two
+threads side by side keep to themselves. One Chromium per module; a fresh profile per test."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.test_web_support import STEPS, ScriptedCore, web_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="chromium is not installed"),
+]
+
+# Records every text a bot message and a progress line showed, so a test can tell that the
+# answer grew in steps and that queue position and speed were on screen at some point.
+RECORDER = """
+window.__seen = []; window.__meta = [];
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('.msg.bot')) {
+    const t = el.textContent;
+    if (window.__seen[window.__seen.length - 1] !== t) window.__seen.push(t);
+  }
+  for (const el of document.querySelectorAll('.meta')) {
+    if (el.textContent) window.__meta.push(el.textContent);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def chat(browser: Browser) -> AsyncIterator[tuple[Page, ScriptedCore]]:
+    async with web_server() as (_adapter, core, client):
+        context = await browser.new_context()
+        page = await context.new_page()
+        errors: list[Any] = []
+        page.on("pageerror", lambda error: errors.append(error))
+        await page.goto(str(client.make_url("/")))
+        yield page, core
+        await context.close()
+        assert errors == []
+
+
+async def ask(page: Page, text: str, pane: int = 0) -> None:
+    box = page.locator(".pane textarea").nth(pane)
+    await box.fill(text)
+    await box.press("Enter")
+
+
+async def test_the_answer_grows_on_screen_and_is_there_after_reload(
+    chat: tuple[Page, ScriptedCore],
+) -> None:
+    page, _core = chat
+    await expect(page.locator(".pane .conn.live")).to_have_count(1)
+    await page.evaluate(RECORDER)
+    await ask(page, "why is the sky blue?")
+
+    bot = page.locator(".msg.bot")
+    await expect(bot).to_have_attribute("data-final", "true")
+    expected = "Answer to why is the sky blue?: The answer grows in several steps."
+    await expect(bot).to_have_text(expected)
+    await expect(bot.locator("strong")).to_have_text("several")  # Markdown, once final
+    seen: list[str] = await page.evaluate("window.__seen")
+    assert len(seen) >= 3 and seen[-1] == expected
+    meta: list[str] = await page.evaluate("window.__meta")
+    assert any("position 1" in m for m in meta)
+    assert any("tokens/s" in m for m in meta)
+    await expect(page.locator(".pane-title")).to_have_text("why is the sky blue?")
+
+    await page.reload()
+    await expect(page.locator(".msg.user")).to_have_text("why is the sky blue?")
+    await expect(page.locator(".msg.bot")).to_have_text(expected)
+    await expect(page.locator(".meta")).to_have_text(f"{len(STEPS)} tokens")
+
+
+async def test_a_reload_in_the_middle_of_an_answer_picks_it_up(
+    chat: tuple[Page, ScriptedCore],
+) -> None:
+    page, core = chat
+    core.gate = asyncio.Event()
+    await ask(page, "long one")
+    await expect(page.locator(".msg.bot")).to_contain_text("grows")
+
+    await page.reload()
+    await expect(page.locator(".msg.user")).to_have_text("long one")
+    await expect(page.locator(".msg.bot")).to_have_attribute("data-final", "false")
+    await expect(page.locator(".msg.bot")).to_contain_text("grows")
+    core.gate.set()
+    await expect(page.locator(".msg.bot")).to_have_attribute("data-final", "true")
+    await expect(page.locator(".msg.bot")).to_contain_text("several steps.")
+    await expect(page.locator(".msg.bot")).to_have_count(1)
+
+
+async def test_two_threads_side_by_side_do_not_mix(chat: tuple[Page, ScriptedCore]) -> None:
+    page, _core = chat
+    await page.click("#new-thread")
+    await expect(page.locator(".pane")).to_have_count(2)
+    await expect(page.locator(".pane .conn.live")).to_have_count(2)
+    await ask(page, "first thread question", pane=0)
+    await ask(page, "second thread question", pane=1)
+
+    for pane, other in ((0, 1), (1, 0)):
+        bots = page.locator(".pane").nth(pane).locator(".msg.bot")
+        await expect(bots).to_have_attribute("data-final", "true")
+        which = ("first", "second")[pane]
+        await expect(bots).to_contain_text(f"Answer to {which} thread question")
+        await expect(page.locator(".pane").nth(other).locator(".msg.user")).to_have_count(1)
+
+    await page.reload()  # both panes come back, each with its own history
+    await expect(page.locator(".pane")).to_have_count(2)
+    for pane, which in ((0, "first"), (1, "second")):
+        users = page.locator(".pane").nth(pane).locator(".msg.user")
+        await expect(users).to_have_text(f"{which} thread question")
+    await expect(page.locator("#threads button")).to_have_count(2)
+
+
+async def test_reset_typed_into_the_box_clears_the_thread(
+    chat: tuple[Page, ScriptedCore],
+) -> None:
+    page, _core = chat
+    await ask(page, "remember me")
+    await expect(page.locator('.exchange[data-done="true"]')).to_have_count(1)
+    await ask(page, "/reset")
+    await expect(page.locator(".msg.user")).to_have_text("/reset")
+    await expect(page.locator(".msg.bot")).to_have_text("Forgot this thread (1 turns).")
+    await page.reload()
+    await expect(page.locator(".pane")).to_have_count(1)
+    await expect(page.locator(".msg")).to_have_count(0)
+
+
+async def test_untrusted_text_never_becomes_markup(chat: tuple[Page, ScriptedCore]) -> None:
+    page, _core = chat
+    evil = '<img src=x onerror="window.__pwned=1"> [x](javascript:alert(1))'
+    await ask(page, evil)
+    bot = page.locator(".msg.bot")
+    await expect(bot).to_have_attribute("data-final", "true")
+    await expect(page.locator(".msg.user")).to_have_text(evil)
+    assert await page.locator(".transcript img").count() == 0
+    assert await page.locator(".transcript a").count() == 0
+    assert await page.evaluate("window.__pwned") is None
