@@ -122,6 +122,7 @@ class BotSettings(Section):
     context_tokens: int = Field(2048, ge=128)
     rate_limit_per_minute: int = Field(10, ge=0)
     max_question_chars: int = Field(8000, ge=100)
+    shutdown_grace: Duration = 30.0
 
 
 class HistorySettings(Section):

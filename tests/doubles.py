@@ -33,6 +33,7 @@ class Op:
     text: str
     final: bool
     at: float
+    reply_to: str = ""
 
 
 @dataclass
@@ -76,7 +77,7 @@ class RecordingAdapter:
         self._maybe_fail("send", text)
         message_id = str(next(self._ids))
         self.shown[message_id] = text
-        self.ops.append(Op("send", key, message_id, text, final, time.monotonic()))
+        self.ops.append(Op("send", key, message_id, text, final, time.monotonic(), reply_to))
         return MessageRef(key, message_id)
 
     async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
@@ -101,6 +102,11 @@ class RecordingAdapter:
         if key is not None:
             ids = [op.message_id for op in self.ops if op.kind == "send" and op.key == key]
         return [self.shown[i] for i in ids]
+
+    def reply_to(self, message_id: str) -> list[Op]:
+        """Every write to the messages sent in reply to the user's message `message_id`."""
+        ids = {op.message_id for op in self.ops if op.kind == "send" and op.reply_to == message_id}
+        return [op for op in self.writes() if op.message_id in ids]
 
     def writes(self, kind: str | None = None) -> list[Op]:
         return [op for op in self.ops if op.kind != "typing" and (kind is None or op.kind == kind)]
@@ -173,7 +179,7 @@ class ScriptedEngine:
                     finish_reason="stop",
                 ),
             )
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1
             raise
         finally:

@@ -1,0 +1,143 @@
+"""Wiring: storage, engine, service, adapters, the HTTP server and the pruning job.
+
+`App` is also what tests start (with their own adapters pointed at local fakes), so the
+running bot and the tested bot are assembled by the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from adapters.base import Adapter, HttpMounted
+from bot.config import Settings
+from bot.http import HttpServer, build_app
+from bot.metrics import Metrics
+from bot.service import ConversationService
+from llm.base import Engine
+from storage.base import Repository
+from storage.pruning import schedule_pruning
+from storage.sql import SqlRepository
+
+log = logging.getLogger(__name__)
+
+
+def default_adapters(settings: Settings) -> list[Adapter]:
+    """The adapters the settings enable; imported lazily so an unused SDK costs nothing."""
+    adapters: list[Adapter] = []
+    if settings.web_chat_enabled:
+        from adapters.web import WebChatAdapter
+
+        adapters.append(WebChatAdapter(settings))
+    if settings.telegram.enabled:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(TelegramAdapter(settings))
+    if settings.slack.enabled:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(settings))
+    return adapters
+
+
+def default_engine(settings: Settings) -> Engine:
+    from llm.factory import create_engine
+
+    return create_engine(settings)
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        adapters: list[Adapter] | None = None,
+        repo: Repository | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.engine = engine if engine is not None else default_engine(settings)
+        self.repo = repo if repo is not None else SqlRepository(settings.history.database_url)
+        self.service = ConversationService(settings, self.engine, self.repo, self.metrics)
+        self.adapters = adapters if adapters is not None else default_adapters(settings)
+        self.scheduler = AsyncIOScheduler()
+        self.http: HttpServer | None = None
+        self._engine_ready = False
+        self._started: list[Adapter] = []
+
+    @property
+    def port(self) -> int:
+        return self.http.port if self.http is not None else self.settings.web.port
+
+    async def start(self) -> None:
+        await self.repo.start()
+        await self.engine.start()
+        self._engine_ready = True
+        http_app = build_app(self.metrics, self._health)
+        for adapter in self.adapters:
+            self.service.register(adapter)
+            if isinstance(adapter, HttpMounted):
+                adapter.mount(http_app)
+        self.http = HttpServer(http_app, self.settings.web.host, self.settings.web.port)
+        await self.http.start()
+        for adapter in self.adapters:
+            await adapter.start(self.service)
+            self._started.append(adapter)
+        history = self.settings.history
+        schedule_pruning(
+            self.scheduler,
+            self.repo,
+            history.ttl,
+            history.prune_interval,
+            protect=self.service.active_keys,
+            on_pruned=lambda n: self.metrics.inc("edgeqa_pruned_conversations_total", n),
+        )
+        self.scheduler.start()
+        log.info(
+            "edgeqa ready: %s; engine %s",
+            ", ".join(a.name for a in self.adapters) or "no adapters",
+            self.engine.name,
+        )
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking questions, let answers in flight finish (or cut them after `grace`
+        seconds, with a note), then close everything in reverse order."""
+        await self.service.shutdown(grace)
+        for adapter in reversed(self._started):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping the %s adapter failed", adapter.name)
+        self._started.clear()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        await self.engine.close()
+        self._engine_ready = False
+        await self.repo.close()
+
+    async def _health(self) -> dict[str, bool]:
+        return {"model_loaded": self._engine_ready, "database": await self.repo.ping()}
+
+
+async def serve(app: App) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    grace = app.settings.bot.shutdown_grace
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("shutting down (grace %.0fs)", grace)
+    finally:
+        await app.stop(grace)

@@ -1,0 +1,383 @@
+"""ConversationService: one incoming message in, one streamed answer (or command reply) out.
+
+This is the only place that knows the whole flow — access, commands, rate limit, the
+per-thread queue, history under a token budget, the engine call, the flusher and the
+stored turn — so adapters stay thin and every platform behaves the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adapters.base import Adapter
+from bot.access import AccessPolicy
+from bot.commands import Command, help_text, parse_command, parse_user_ref
+from bot.config import Settings
+from bot.flusher import DeliveryFailed, StreamFlusher
+from bot.metrics import Metrics
+from bot.prompt import CUT_MARKER, build_prompt
+from bot.ratelimit import RateLimiter
+from bot.text import clean_text
+from bot.types import ConversationKey, IncomingMessage, Progress
+from llm.base import Engine, EngineBusy, EngineError, GenerationRequest, RequestStats
+from storage.base import Repository, Scope, Turn, TurnStatus
+
+log = logging.getLogger(__name__)
+
+STOPPED_MARK = "\n\n⏹ _(stopped)_"
+INTERRUPTED_MARK = "\n\n⚠️ _(cut short: the bot is restarting)_"
+ERROR_MARK = "\n\n⚠️ _(something went wrong while answering; please ask again)_"
+CUT_NOTE = "_(Your message was too long for me, so I read only its beginning and end.)_\n\n"
+
+
+def queued_text(position: int) -> str:
+    return f"⏳ Queued (position {position}) — I'll answer here."
+
+
+@dataclass(eq=False)
+class _Generation:
+    """The answer being written in one thread, so /stop and shutdown can reach it."""
+
+    task: asyncio.Task[RequestStats | None] | None = None
+    parts: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    end: TurnStatus | None = None  # set when stopped or interrupted from outside
+
+    def halt(self, status: TurnStatus) -> bool:
+        if self.task is None or self.task.done():
+            return False
+        self.end = status
+        self.task.cancel()
+        return True
+
+
+@dataclass(eq=False)
+class _Thread:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: list[StreamFlusher] = field(default_factory=list)
+    current: _Generation | None = None
+
+
+class ConversationService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        repo: Repository,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._repo = repo
+        self.metrics = metrics or Metrics()
+        self._access = AccessPolicy(settings)
+        self._rate = RateLimiter(settings.bot.rate_limit_per_minute)
+        self._adapters: dict[str, Adapter] = {}
+        self._threads: dict[ConversationKey, _Thread] = {}
+        self._accepting = True
+        self._idle = asyncio.Event()  # set while no thread is being answered
+        self._idle.set()
+        self._started = time.monotonic()
+        self.metrics.gauge("edgeqa_queue_length", lambda: float(self.queue_length()))
+        self.metrics.gauge("edgeqa_active_answers", lambda: float(len(self._generations())))
+        self.metrics.gauge(
+            "edgeqa_engine_tokens_per_second", lambda: self._engine.stats().tokens_per_second
+        )
+
+    # -- wiring --------------------------------------------------------------------------
+
+    def register(self, adapter: Adapter) -> None:
+        self._adapters[adapter.name] = adapter
+
+    def active_keys(self) -> set[ConversationKey]:
+        """Conversations being answered or waiting: never pruned under them."""
+        return set(self._threads)
+
+    def queue_length(self) -> int:
+        waiting = sum(len(t.waiting) for t in self._threads.values())
+        return waiting + self._engine.stats().queued
+
+    def _generations(self) -> list[_Generation]:
+        return [t.current for t in self._threads.values() if t.current is not None]
+
+    # -- the CoreHandler protocol ---------------------------------------------------------
+
+    async def handle(self, msg: IncomingMessage) -> None:
+        adapter = self._adapters.get(msg.key.platform)
+        if adapter is None:
+            log.error("no adapter registered for platform %r", msg.key.platform)
+            return
+        if not self._access.allowed(msg):
+            log.info("ignored a message from %s in %s: not allowed", msg.user_id, msg.key)
+            return
+        try:
+            command = parse_command(msg.text)
+            if command is not None:
+                await self._reply(adapter, msg, await self._execute(command, msg))
+            else:
+                await self._question(adapter, msg)
+        except Exception:
+            log.exception("failed to handle a message in %s", msg.key)
+            with contextlib.suppress(Exception):
+                await self._reply(adapter, msg, "Sorry, something went wrong on my side.")
+
+    async def command(self, msg: IncomingMessage) -> str:
+        if not self._access.allowed(msg):
+            log.info("refused a command from %s in %s: not allowed", msg.user_id, msg.key)
+            return "Sorry, you can't use this bot here."
+        command = parse_command(msg.text)
+        if command is None:
+            return help_text(self._access.is_admin(msg.key.platform, msg.user_id))
+        return await self._execute(command, msg)
+
+    async def history(self, key: ConversationKey) -> Sequence[Turn]:
+        return await self._repo.load_history(key)
+
+    # -- questions -----------------------------------------------------------------------
+
+    async def _question(self, adapter: Adapter, msg: IncomingMessage) -> None:
+        text = clean_text(msg.text)
+        if not text.strip():
+            await self._reply(adapter, msg, "Ask me a question in words and I'll answer here.")
+            return
+        if not self._accepting:
+            await self._reply(adapter, msg, "I'm restarting — please ask again in a minute.")
+            return
+        wait = self._rate.check(msg.key.platform, msg.user_id)
+        if wait:
+            self.metrics.inc("edgeqa_rate_limited_total", platform=msg.key.platform)
+            await self._reply(
+                adapter,
+                msg,
+                f"You're asking faster than I can answer — please wait {wait:.0f} s "
+                f"(limit: {self._settings.bot.rate_limit_per_minute} questions a minute).",
+            )
+            return
+        self.metrics.inc("edgeqa_questions_total", platform=msg.key.platform)
+        thread = self._threads.setdefault(msg.key, _Thread())
+        self._idle.clear()
+        flusher = StreamFlusher(
+            adapter,
+            msg.key,
+            reply_to=msg.message_id,
+            on_edit=lambda: self.metrics.inc("edgeqa_edits_sent_total", platform=adapter.name),
+        )
+        flusher.start()
+        if thread.lock.locked():
+            thread.waiting.append(flusher)
+            flusher.status(queued_text(len(thread.waiting)))
+            flusher.progress(Progress(queue_position=len(thread.waiting)))
+        try:
+            async with thread.lock:
+                if flusher in thread.waiting:
+                    thread.waiting.remove(flusher)
+                for position, waiter in enumerate(thread.waiting, start=1):
+                    waiter.status(queued_text(position))
+                    waiter.progress(Progress(queue_position=position))
+                await self._answer(flusher, msg, text, thread)
+        finally:
+            if flusher in thread.waiting:
+                thread.waiting.remove(flusher)
+                await flusher.close()
+            if not thread.lock.locked() and not thread.waiting:
+                self._threads.pop(msg.key, None)
+                if not self._threads:
+                    self._idle.set()
+
+    async def _answer(
+        self, flusher: StreamFlusher, msg: IncomingMessage, text: str, thread: _Thread
+    ) -> None:
+        received = time.monotonic()
+        await self._repo.touch(msg.key)
+        history = await self._repo.load_history(msg.key)
+        max_chars = self._settings.bot.max_question_chars
+        if len(text) > max_chars:
+            text = text[: max_chars * 2 // 3] + CUT_MARKER + text[-(max_chars // 3) :]
+        prompt = build_prompt(
+            self._settings.bot.system_prompt,
+            history,
+            text,
+            budget=self._budget(),
+            count=self._engine.count_tokens,
+        )
+        if prompt.question_cut or CUT_MARKER in text:
+            flusher.feed(CUT_NOTE)
+        request = GenerationRequest(prompt.messages, conversation_id=str(msg.key))
+
+        generation = _Generation()
+        thread.current = generation
+        flusher.start_typing()
+        generation.task = asyncio.create_task(self._generate(request, flusher, generation))
+        status: TurnStatus = "complete"
+        stats: RequestStats | None = None
+        mark = ""
+        try:
+            stats = await asyncio.shield(generation.task)
+        except asyncio.CancelledError:
+            # Our own task was cancelled (shutdown): cut the answer and still record it.
+            if generation.end is None:
+                generation.halt("interrupted")
+            with contextlib.suppress(asyncio.CancelledError):
+                await generation.task
+        except EngineBusy as exc:
+            await self._finish(
+                flusher, f"I'm busy right now ({exc}). Please ask again in a minute."
+            )
+            return
+        except EngineError as exc:
+            log.warning("engine failed in %s: %s", msg.key, exc)
+            status, mark = "error", ERROR_MARK
+        finally:
+            thread.current = None
+        if generation.end is not None:
+            status = generation.end
+            mark = STOPPED_MARK if status == "stopped" else INTERRUPTED_MARK
+        if generation.first_token_at is not None:
+            self.metrics.observe_ttft(generation.first_token_at - received)
+        if stats is not None:
+            self.metrics.inc("edgeqa_tokens_generated_total", stats.generated_tokens)
+            self.metrics.inc("edgeqa_prompt_tokens_total", stats.prompt_tokens)
+        answer = "".join(generation.parts)
+        self.metrics.inc("edgeqa_answers_total", platform=msg.key.platform, status=status)
+        shown = flusher.text + mark
+        if not answer and status == "complete":
+            shown += "_(I have no answer to that.)_"
+        await self._finish(flusher, shown if answer else shown.lstrip())
+        if status != "error" and answer:
+            await self._repo.append_turn(
+                msg.key,
+                user_id=msg.user_id,
+                question=text,
+                answer=answer,
+                status=status,
+                prompt_tokens=prompt.tokens,
+                completion_tokens=stats.generated_tokens if stats else len(generation.parts),
+            )
+
+    async def _generate(
+        self, request: GenerationRequest, flusher: StreamFlusher, generation: _Generation
+    ) -> RequestStats | None:
+        stats: RequestStats | None = None
+        tokens = 0
+        stream = self._engine.stream(request)
+        try:
+            async for chunk in stream:
+                if chunk.queue_position is not None:
+                    flusher.status(queued_text(chunk.queue_position))
+                    flusher.progress(Progress(queue_position=chunk.queue_position))
+                if chunk.text:
+                    if generation.first_token_at is None:
+                        generation.first_token_at = time.monotonic()
+                    started = generation.first_token_at
+                    tokens += chunk.tokens
+                    generation.parts.append(chunk.text)
+                    flusher.feed(chunk.text)
+                    elapsed = time.monotonic() - started
+                    speed = tokens / elapsed if elapsed > 0 else 0.0
+                    flusher.progress(Progress(tokens=tokens, tokens_per_second=speed))
+                if chunk.done:
+                    stats = chunk.stats
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if stats is not None:
+            flusher.progress(
+                Progress(
+                    tokens=stats.generated_tokens,
+                    tokens_per_second=stats.tokens_per_second,
+                    done=True,
+                )
+            )
+        return stats
+
+    def _budget(self) -> int:
+        room = self._engine.context_size - self._settings.engine.max_tokens
+        return max(64, min(self._settings.bot.context_tokens, room))
+
+    async def _finish(self, flusher: StreamFlusher, text: str) -> None:
+        try:
+            await flusher.finish(text)
+        except DeliveryFailed as exc:
+            self.metrics.inc("edgeqa_delivery_failures_total")
+            log.error("could not deliver an answer: %s", exc)
+
+    async def _reply(self, adapter: Adapter, msg: IncomingMessage, text: str) -> None:
+        await self._finish(StreamFlusher(adapter, msg.key, reply_to=msg.message_id), text)
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def _execute(self, command: Command, msg: IncomingMessage) -> str:
+        platform = msg.key.platform
+        is_admin = self._access.is_admin(platform, msg.user_id)
+        spec = command.spec
+        if spec is None:
+            return f"I don't know the command /{command.name}. Try /help."
+        if spec.admin and not is_admin:
+            log.info("refused /%s for non-admin %s on %s", spec.name, msg.user_id, platform)
+            return f"Sorry, /{spec.name} is for admins only."
+        if spec.name == "help":
+            return help_text(is_admin)
+        if spec.name == "reset":
+            removed = await self._repo.reset(msg.key)
+            return f"Done — I've forgotten this thread ({removed} earlier questions)."
+        if spec.name == "stop":
+            thread = self._threads.get(msg.key)
+            if thread is not None and thread.current and thread.current.halt("stopped"):
+                return "Stopped."
+            return "Nothing to stop: I'm not writing an answer in this thread."
+        if spec.name == "reset-all":
+            key = msg.key
+            scope = (
+                Scope(platform, workspace=key.workspace)
+                if key.workspace
+                else Scope(platform, workspace=key.workspace, channel=key.channel)
+            )
+            removed = await self._repo.reset_scope(scope)
+            where = "this workspace" if key.workspace else "this chat"
+            return f"Done — I've forgotten all {removed} conversations in {where}."
+        if spec.name == "stats":
+            return await self._stats_text()
+        if spec.name == "forget":
+            user = parse_user_ref(command.args)
+            if user is None:
+                return "Usage: /forget @user (or a user id)."
+            removed = await self._repo.forget_user(platform, user)
+            return f"Done — I've deleted {removed} questions from {user}."
+        raise AssertionError(f"unhandled command {spec.name}")
+
+    async def _stats_text(self) -> str:
+        stored = await self._repo.stats()
+        engine = self._engine.stats()
+        waiting = sum(len(t.waiting) for t in self._threads.values())
+        uptime = int(time.monotonic() - self._started)
+        return "\n".join(
+            [
+                f"Conversations: {stored.conversations} · turns: {stored.turns}",
+                f"Tokens: {stored.prompt_tokens:,} prompt · {stored.completion_tokens:,} generated",
+                f"Queue: {waiting + engine.queued} waiting · {len(self._generations())} answering",
+                f"Engine ({self._engine.name}): {engine.tokens_per_second:.1f} tokens/s · "
+                f"first token {engine.mean_time_to_first_token:.2f} s on average · "
+                f"{engine.reused_tokens:,} prompt tokens reused from cache",
+                f"Up for {uptime // 3600}h {uptime % 3600 // 60}m",
+            ]
+        )
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking questions, let answers in flight finish for `grace` seconds, then cut
+        the rest (each is delivered with a note and stored as interrupted)."""
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for generation in self._generations():
+            generation.halt("interrupted")
+        with contextlib.suppress(TimeoutError):
+            # Cut answers still need their final edit and their turn stored.
+            await asyncio.wait_for(self._idle.wait(), 10.0)

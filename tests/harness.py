@@ -1,0 +1,91 @@
+"""Start the whole bot in a test: real App wiring, real storage, real engine, given adapters.
+
+    settings = test_settings(tmp_path, tiny_model_path, EDGEQA_TELEGRAM__ENABLED="true", ...)
+    async with running_app(settings, [TelegramAdapter(settings)]) as app:
+        ...  # talk to the fake platform server; app.repo / app.metrics / app.port to check
+
+By default the engine is the real llama.cpp engine (llm.factory) on the model given; pass
+`engine=` only in tests of the core's own logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from adapters.base import Adapter
+from bot.app import App
+from bot.config import Settings, load_settings
+from llm.base import Engine
+
+TEST_DEFAULTS = {
+    "EDGEQA_WEB__PORT": "0",
+    "EDGEQA_ENGINE__THREADS": "1",
+    "EDGEQA_ENGINE__SLOTS": "4",
+    "EDGEQA_ENGINE__CONTEXT_SIZE": "1024",
+    "EDGEQA_ENGINE__MAX_TOKENS": "48",
+    "EDGEQA_ENGINE__SEED": "7",
+    "EDGEQA_BOT__CONTEXT_TOKENS": "768",
+    "EDGEQA_BOT__RATE_LIMIT_PER_MINUTE": "0",
+    "EDGEQA_WEB__EDIT_INTERVAL": "0.02",
+    "EDGEQA_TELEGRAM__EDIT_INTERVAL": "0.05",
+    "EDGEQA_TELEGRAM__GROUP_EDIT_INTERVAL": "0.1",
+    "EDGEQA_SLACK__EDIT_INTERVAL": "0.05",
+}
+
+
+def test_settings(tmp_path: Path, model: Path | str | None = None, **env: str) -> Settings:
+    """Settings for a test: a fresh SQLite file in tmp_path, an ephemeral port, fast cadences.
+
+    `env` entries override (use the real variable names, e.g. EDGEQA_TELEGRAM__ENABLED)."""
+    values = {
+        **TEST_DEFAULTS,
+        "EDGEQA_HISTORY__DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'edgeqa.db'}",
+        **({"EDGEQA_MODEL": str(model)} if model is not None else {}),
+        **env,
+    }
+    return load_settings(_empty_config(tmp_path), env=values)
+
+
+def _empty_config(tmp_path: Path) -> Path:
+    """An explicit empty file, so a developer's ./edgeqa.toml never leaks into a test."""
+    path = tmp_path / "empty-edgeqa.toml"
+    path.write_text("")
+    return path
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, adapters: list[Adapter], *, engine: Engine | None = None
+) -> AsyncIterator[App]:
+    app = App(settings, engine=engine, adapters=adapters)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=5.0)
+
+
+async def eventually(
+    check: Callable[[], object], within: float = 10.0, interval: float = 0.02
+) -> None:
+    """Wait until `check()` is truthy (or raises no AssertionError); fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if check():
+                return
+            failure: AssertionError | None = None
+        except AssertionError as exc:
+            failure = exc
+        if time.monotonic() > deadline:
+            if failure is not None:
+                raise failure
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
