@@ -1,0 +1,415 @@
+"""Telegram through python-telegram-bot: receive (long polling or webhook), send, edit, draft.
+
+The core streams an answer as send -> edit... -> edit(final). In private chats that stream
+goes into a native draft (sendMessageDraft: a live preview, no edit limits) and the final
+text becomes a real message; elsewhere one message is edited. Telegram's refusals are turned
+into what the core understands: a 429 pauses the whole chat (every conversation in it) for
+the time asked and surfaces as RateLimited, "message is not modified" is success, an HTML
+parse error falls back to plain text, and network trouble / 5xx become PlatformError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import time
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from telegram import BotCommand, BotCommandScopeChat, ReplyParameters, Update
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.ext import Application, ContextTypes, TypeHandler
+from telegram.warnings import PTBDeprecationWarning
+
+from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError, RateLimited
+from adapters.telegram.render import render, visible_text
+from adapters.telegram.routing import (
+    PLATFORM,
+    BoundedMap,
+    Route,
+    Router,
+    Unsupported,
+    is_group_chat,
+    topic_of,
+)
+from bot.commands import COMMANDS
+from bot.config import Settings
+from bot.types import ConversationKey, IncomingMessage, MessageRef
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TELEGRAM_LIMIT = 4096  # characters per message, after entity parsing
+MAX_MESSAGE_LEN = 3800  # what the core may put in one message: room for UTF-16 surprises
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message"]  # edits, channel posts, reactions... never reach us
+TEXT_ONLY = "I can only read text messages — please type your question."
+
+
+def _too_long(text: str) -> bool:
+    # Telegram counts UTF-16 code units in places; counting them here is the safe side.
+    return len(text.encode("utf-16-le")) // 2 > TELEGRAM_LIMIT
+
+
+class TelegramAdapter:
+    """The Telegram platform (name "telegram"); implements Adapter and HttpMounted."""
+
+    name = PLATFORM
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.telegram_token is None:
+            raise ValueError("EDGEQA_TELEGRAM_TOKEN is not set")
+        self._settings = settings
+        self._tg = settings.telegram
+        self._webhook = self._tg.mode == "webhook"
+        token = settings.telegram_token.get_secret_value()
+        builder = Application.builder().token(token).job_queue(None)
+        if self._tg.base_url:
+            builder = builder.base_url(self._tg.base_url)
+        if self._webhook:
+            builder = builder.updater(None)
+        self._app = builder.build()
+        self._app.add_handler(TypeHandler(Update, self._on_update))
+        self._app.add_error_handler(self._on_error)
+        self.limits = AdapterLimits(
+            max_message_len=MAX_MESSAGE_LEN, edit_interval=self._tg.edit_interval, has_typing=True
+        )
+        self._handler: CoreHandler | None = None
+        self._router: Router | None = None
+        self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused_until: dict[int, float] = {}  # chat id -> monotonic time (429)
+        self._draft_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
+        self._no_drafts: set[int] = set()  # chats where sendMessageDraft was refused
+        self._drafts: BoundedMap[tuple[int, int], int] = BoundedMap(5000)  # -> sent message
+        self._shown: BoundedMap[tuple[int, int], tuple[str, bool]] = BoundedMap(5000)
+        self._moved: BoundedMap[tuple[int, int], int] = BoundedMap(1000)  # deleted -> resent
+        self._recent_updates: deque[int] = deque(maxlen=2000)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def bot_username(self) -> str:
+        return str(self._app.bot.username)
+
+    async def start(self, handler: CoreHandler) -> None:
+        self._handler = handler
+        await self._app.initialize()  # getMe: who we are, so mentions can be recognised
+        bot = self._app.bot
+        self._router = Router(bot.id, bot.username, self._tg.trigger_prefix)
+        await self._register_commands()
+        if self._webhook:
+            await self._app.start()
+            secret = self._settings.telegram_webhook_secret
+            await bot.set_webhook(
+                url=self._tg.webhook_url,
+                secret_token=secret.get_secret_value() if secret is not None else None,
+                allowed_updates=ALLOWED_UPDATES,
+            )
+        else:
+            assert self._app.updater is not None
+            await self._app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
+            await self._app.start()
+        self._running = True
+        log.info("telegram: @%s connected (%s)", bot.username, self._tg.mode)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        if self._app.updater is not None and self._app.updater.running:
+            await self._app.updater.stop()
+        if self._app.running:
+            await self._app.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._app.shutdown()
+        # The webhook stays set on purpose: other replicas may still be serving it.
+
+    async def _register_commands(self) -> None:
+        """The "/" menu: everyone sees the user commands; admins, in their private chat with
+        the bot, also see the admin ones."""
+
+        def menu(admin: bool) -> list[BotCommand]:
+            return [
+                BotCommand(spec.name.replace("-", ""), spec.summary)
+                for spec in COMMANDS.values()
+                if admin or not spec.admin
+            ]
+
+        try:
+            await self._app.bot.set_my_commands(menu(admin=False))
+        except TelegramError as exc:
+            log.warning("telegram: could not register the command menu: %s", exc)
+        for admin in self._tg.admins:
+            if not admin.lstrip("-").isdigit():
+                continue
+            try:
+                await self._app.bot.set_my_commands(
+                    menu(admin=True), scope=BotCommandScopeChat(int(admin))
+                )
+            except TelegramError as exc:  # the admin never opened a chat with the bot
+                log.info("telegram: admin menu for %s not set: %s", admin, exc)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def mount(self, app: web.Application) -> None:
+        if self._webhook:
+            app.router.add_post(self._tg.webhook_path, self._on_webhook)
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        got = request.headers.get(SECRET_HEADER)
+        secret = self._settings.telegram_webhook_secret
+        if got is None:
+            return web.Response(status=401, text="missing secret token")
+        if secret is None or not hmac.compare_digest(
+            got.encode(), secret.get_secret_value().encode()
+        ):
+            log.warning("telegram: webhook call with a wrong secret token from %s", request.remote)
+            return web.Response(status=403, text="wrong secret token")
+        if not self._running:
+            return web.Response(status=503, text="starting")
+        try:
+            data = await request.json()
+            update = Update.de_json(data, self._app.bot)
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="not an update")
+        if update is not None:
+            await self._app.update_queue.put(update)
+        return web.json_response({})
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Runs in PTB's update loop: decide quickly, answer in a task of its own."""
+        if update.update_id in self._recent_updates:
+            return  # a webhook redelivery
+        self._recent_updates.append(update.update_id)
+        message = update.message
+        if message is None or self._router is None or self._handler is None:
+            return
+        route = self._router.route(message)
+        chat_id, user_id = message.chat.id, message.from_user.id if message.from_user else 0
+        if isinstance(route, Unsupported):
+            if self._allowed(user_id, chat_id):
+                self._spawn(self.send(route.key, TEXT_ONLY, final=True))
+            return
+        if route is None or not route.text:
+            log.debug("telegram: update %s in chat %s not for us", update.update_id, chat_id)
+            return
+        msg = self._incoming(message, route, user_id)
+        self._spawn(self._handler.handle(msg))
+
+    @staticmethod
+    def _incoming(message: Any, route: Route, user_id: int) -> IncomingMessage:
+        user = message.from_user
+        return IncomingMessage(
+            key=route.key,
+            user_id=str(user_id),
+            text=route.text,
+            is_direct=route.is_direct,
+            mentions_bot=route.mentions_bot,
+            user_name=(user.username or user.full_name) if user is not None else "",
+            message_id=str(message.message_id),
+        )
+
+    def _allowed(self, user_id: int, chat_id: int) -> bool:
+        """The core decides access for questions; this only keeps the "text only" hint from
+        strangers (same rule: empty lists allow everyone, a listed user may always DM)."""
+        users, chats = self._tg.allowed_users, self._tg.allowed_chats
+        if users and str(user_id) not in users:
+            log.info("telegram: ignored a message from user %s (not allowed)", user_id)
+            return False
+        return not chats or str(chat_id) in chats or bool(users)
+
+    def _spawn(self, work: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram: handling a message failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.warning("telegram: error while processing an update: %s", context.error)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def edit_interval(self, key: ConversationKey) -> float:
+        chat_id = int(key.channel)
+        base = self._tg.group_edit_interval if is_group_chat(chat_id) else self._tg.edit_interval
+        return max(base, self._pause_left(chat_id))
+
+    def _pause_left(self, chat_id: int) -> float:
+        return max(0.0, self._paused_until.get(chat_id, 0.0) - time.monotonic())
+
+    def _drafts_allowed(self, chat_id: int) -> bool:
+        # sendMessageDraft exists for private chats only.
+        return self._tg.use_drafts and not is_group_chat(chat_id) and chat_id not in self._no_drafts
+
+    async def send(
+        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+    ) -> MessageRef:
+        chat_id = int(key.channel)
+        if not final and self._drafts_allowed(chat_id):
+            draft_id = next(self._draft_ids)
+            if await self._draft(chat_id, key, draft_id, text):
+                return MessageRef(key, f"draft:{draft_id}", (("draft_id", str(draft_id)),))
+        reply = None
+        if reply_to.isdigit() and is_group_chat(chat_id):
+            reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
+        message_id = await self._send_message(key, text, final=final, reply=reply)
+        return MessageRef(key, str(message_id))
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+        key = ref.key
+        chat_id = int(key.channel)
+        if draft := ref.get("draft_id"):
+            sent = self._drafts.get((chat_id, int(draft)))
+            if sent is None:
+                if not final and await self._draft(chat_id, key, int(draft), text):
+                    return
+                # The final text (or a chat that stopped taking drafts) becomes a real message.
+                message_id = await self._send_message(key, text, final=final, reply=None)
+                self._drafts.put((chat_id, int(draft)), message_id)
+                return
+            message_id = sent
+        else:
+            message_id = int(ref.message_id)
+        message_id = self._moved.get((chat_id, message_id)) or message_id
+        if self._shown.get((chat_id, message_id)) == (text, final):
+            return  # never send Telegram an unchanged text
+        try:
+            await self._rendered(
+                chat_id,
+                text,
+                final,
+                lambda body, mode: self._app.bot.edit_message_text(
+                    body, chat_id=chat_id, message_id=message_id, parse_mode=mode
+                ),
+            )
+        except BadRequest as exc:
+            if "message to edit not found" not in exc.message.lower():
+                raise self._translate(chat_id, exc) from exc
+            # Someone deleted the answer while it was being written: start it again.
+            new_id = await self._send_message(key, text, final=final, reply=None)
+            self._moved.put((chat_id, message_id), new_id)
+            return
+        self._shown.put((chat_id, message_id), (text, final))
+
+    async def typing(self, key: ConversationKey) -> None:
+        chat_id = int(key.channel)
+        if self._pause_left(chat_id):
+            return
+        try:
+            await self._app.bot.send_chat_action(
+                chat_id, ChatAction.TYPING, message_thread_id=topic_of(key.thread)
+            )
+        except TelegramError as exc:  # cosmetic; but a 429 still pauses the chat
+            error = self._translate(chat_id, exc)
+            log.debug("telegram: typing in %s failed: %s", chat_id, error)
+
+    async def _draft(self, chat_id: int, key: ConversationKey, draft_id: int, text: str) -> bool:
+        """Show `text` as a live draft. False if this chat does not take drafts."""
+        self._check(chat_id, text)
+        try:
+            await self._app.bot.send_message_draft(
+                chat_id, draft_id, text, message_thread_id=topic_of(key.thread)
+            )
+        except BadRequest as exc:
+            if "not modified" in exc.message.lower():
+                return True
+            log.info("telegram: drafts refused in chat %s (%s); editing instead", chat_id, exc)
+            self._no_drafts.add(chat_id)
+            return False
+        except TelegramError as exc:
+            raise self._translate(chat_id, exc) from exc
+        return True
+
+    async def _send_message(
+        self, key: ConversationKey, text: str, *, final: bool, reply: ReplyParameters | None
+    ) -> int:
+        chat_id = int(key.channel)
+        topic = topic_of(key.thread)
+        message = await self._rendered(
+            chat_id,
+            text,
+            final,
+            lambda body, mode: self._app.bot.send_message(
+                chat_id, body, parse_mode=mode, message_thread_id=topic, reply_parameters=reply
+            ),
+        )
+        if message is None:
+            raise PlatformError("Telegram: sendMessage returned nothing")
+        message_id = int(message.message_id)
+        if self._router is not None:  # a reply to this answer continues the chain
+            self._router.remember(chat_id, message_id, key.thread)
+        self._shown.put((chat_id, message_id), (text, final))
+        return message_id
+
+    async def _rendered(
+        self,
+        chat_id: int,
+        text: str,
+        final: bool,
+        call: Callable[[str, str | None], Awaitable[T]],
+    ) -> T | None:
+        """Run a send/edit: the final text as HTML (plain if Telegram can't take that),
+        streaming updates as plain text. "Not modified" returns None."""
+        self._check(chat_id, text)
+        body, mode = text, None
+        if final:
+            html = render(text)
+            if html.strip() and not _too_long(visible_text(html)):
+                body, mode = html, ParseMode.HTML
+        try:
+            try:
+                return await call(body, mode)
+            except BadRequest as exc:
+                reason = exc.message.lower()
+                if mode is None or not ("can't parse entities" in reason or "too long" in reason):
+                    raise
+                log.info("telegram: HTML refused in chat %s (%s); sending plain text", chat_id, exc)
+                return await call(text, None)
+        except BadRequest as exc:
+            if "message is not modified" in exc.message.lower():
+                return None
+            if "message to edit not found" in exc.message.lower():
+                raise
+            raise self._translate(chat_id, exc) from exc
+        except TelegramError as exc:
+            raise self._translate(chat_id, exc) from exc
+
+    def _check(self, chat_id: int, text: str) -> None:
+        """Refuse before asking Telegram when the answer is sure to be no."""
+        if _too_long(text):
+            raise MessageTooLong(f"{len(text)} characters is over Telegram's {TELEGRAM_LIMIT}")
+        if left := self._pause_left(chat_id):
+            raise RateLimited(left, f"chat {chat_id} is paused by Telegram's flood control")
+
+    def _translate(self, chat_id: int, exc: TelegramError) -> PlatformError:
+        """Telegram's error -> the core's vocabulary (see adapters.base)."""
+        if isinstance(exc, RetryAfter):
+            with warnings.catch_warnings():  # PTB warns that the type will become timedelta
+                warnings.simplefilter("ignore", PTBDeprecationWarning)
+                wait = exc.retry_after
+            seconds = float(wait if isinstance(wait, int | float) else wait.total_seconds())
+            self._paused_until[chat_id] = time.monotonic() + seconds
+            log.info("telegram: flood control in chat %s: paused %.0fs", chat_id, seconds)
+            return RateLimited(seconds, "Telegram flood control")
+        if isinstance(exc, BadRequest) and "too long" in exc.message.lower():
+            return MessageTooLong(exc.message)
+        if isinstance(exc, Forbidden):
+            log.warning("telegram: not allowed to write in chat %s: %s", chat_id, exc)
+        return PlatformError(f"Telegram: {exc}")
