@@ -1,0 +1,333 @@
+"""Slack: a Bolt app (Socket Mode or HTTP) in front of the core's conversation service.
+
+This side decides which Slack messages are questions for the bot — an @mention, a direct
+message, a reply in a thread the bot already answers in — and what conversation they belong
+to; everything else (access, commands, history, cadence) is the core's. Listeners return at
+once and the answer runs in its own task, so Slack's 3-second acknowledgement never waits on
+the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.base import AdapterLimits, CoreHandler
+from adapters.slack.render import mentions, to_mrkdwn, to_plain
+from adapters.slack.sender import SlackSender
+from bot.config import Settings
+from bot.types import ConversationKey, IncomingMessage, MessageRef
+
+log = logging.getLogger(__name__)
+
+SLACK_API = "https://slack.com/api/"
+FILE_ONLY_NOTE = "I can only read text for now — please type your question."
+# Said to the bot (after the mention), these words are the commands of the same name: Slack
+# keeps "/reset" for its own slash commands, and those cannot be used inside threads.
+WORD_COMMANDS = {"help", "reset", "stop"}
+THREAD_COMMANDS = {"/reset", "/stop"}
+THREAD_HINT = (
+    "In a channel every conversation is a thread, and slash commands can't tell which one. "
+    "Write `<@{bot}> reset` in the thread you want me to forget, or `<@{bot}> stop` in the "
+    "thread whose answer should stop."
+)
+_HANDLED_SUBTYPES = {None, "thread_broadcast", "file_share"}
+_USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+class StartError(RuntimeError):
+    """Slack refused the tokens (or is unreachable) while starting."""
+
+
+class _Recent:
+    """A bounded set of recently seen keys (oldest forgotten first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Any, None] = OrderedDict()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def add(self, item: Any) -> bool:
+        """Remember `item`; False if it was already there."""
+        known = item in self._items
+        self._items[item] = None
+        self._items.move_to_end(item)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return not known
+
+
+class SlackAdapter:
+    name = "slack"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings.slack
+        section = settings.slack
+        self.limits = AdapterLimits(
+            max_message_len=section.max_message_len,
+            edit_interval=section.edit_interval,
+            has_typing=True,
+        )
+        token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+        self._app_token = (
+            settings.slack_app_token.get_secret_value() if settings.slack_app_token else ""
+        )
+        secret = settings.slack_signing_secret
+        self._client = AsyncWebClient(token=token, base_url=section.base_url or SLACK_API)
+        self._app = AsyncApp(
+            client=self._client,
+            signing_secret=secret.get_secret_value() if secret else "",
+            request_verification_enabled=section.mode == "http",
+            process_before_response=False,
+        )
+        self._app.event("app_mention")(self._on_mention)
+        self._app.event("message")(self._on_message)
+        self._app.command(section.command)(self._on_command)
+        self._sender = SlackSender(self._client, section)
+        self._handler: CoreHandler | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seen = _Recent(10_000)  # (channel, ts) of messages already taken
+        self._threads = _Recent(10_000)  # (channel, thread_ts) the bot takes part in
+        self.bot_user_id = ""
+        self.team_id = ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, handler: CoreHandler) -> None:
+        try:
+            auth = await self._client.auth_test()
+        except SlackApiError as exc:
+            raise StartError(f"slack auth.test failed: {exc.response.get('error')}") from exc
+        self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = self._sender.team_id = str(auth.get("team_id", ""))
+        self._handler = handler
+        if self._settings.mode == "socket":
+            try:  # fail fast on a wrong app token instead of retrying forever inside connect()
+                await self._client.apps_connections_open(app_token=self._app_token)
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                raise StartError(f"slack apps.connections.open failed: {error}") from exc
+            self._socket = AsyncSocketModeHandler(
+                self._app, self._app_token, web_client=self._client
+            )
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        log.info(
+            "slack connected as %s in %s (%s mode)",
+            auth.get("user"),
+            self.team_id,
+            self._settings.mode,
+        )
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
+            self._socket = None
+        self._handler = None
+
+    def mount(self, app: web.Application) -> None:
+        """HTTP mode: the Events API and the slash command on the bot's HTTP server."""
+        if self._settings.mode != "http":
+            return
+        app.router.add_post(self._settings.events_path, self._on_http)
+        if self._settings.commands_path != self._settings.events_path:
+            app.router.add_post(self._settings.commands_path, self._on_http)
+
+    async def _on_http(self, request: web.Request) -> web.Response:
+        # Bolt checks the signature and the timestamp (older than 5 minutes: 401).
+        bolt_response = await self._app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    # -- sending (see sender.py) ---------------------------------------------------------
+
+    async def send(
+        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+    ) -> MessageRef:
+        ref = await self._sender.send(key, text, final=final)
+        if key.thread:
+            self._threads.add((key.channel, key.thread))
+        return ref
+
+    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+        await self._sender.edit(ref, text, final=final)
+
+    async def typing(self, key: ConversationKey) -> None:
+        await self._sender.typing(key)
+
+    def edit_interval(self, key: ConversationKey) -> float:
+        return self._sender.edit_interval(key)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _dispatch(self, msg: IncomingMessage) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+
+        async def run() -> None:
+            try:
+                await handler.handle(msg)
+            except Exception:
+                log.exception("answering %s failed", msg.key)
+
+        task = asyncio.create_task(run(), name=f"slack {msg.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _question(self, key: ConversationKey, event: dict[str, Any], **kw: Any) -> None:
+        """Turn an addressed message into the core's IncomingMessage (or a short note)."""
+        if not self._seen.add((key.channel, event.get("ts"))):
+            return  # the same message as both app_mention and message event, or a retry
+        user = str(event.get("user", ""))
+        text = to_plain(str(event.get("text", "")), self.bot_user_id)
+        if not text and event.get("files"):
+            if self._allowed(user, key.channel):
+                self._spawn(self._sender.send(key, FILE_ONLY_NOTE, final=True))
+            return
+        if not text:
+            return
+        if text.lower().lstrip("/") in WORD_COMMANDS:
+            text = "/" + text.lower().lstrip("/")
+        self.remember_asker(key, user)
+        msg = IncomingMessage(key=key, user_id=user, text=text, message_id=str(event["ts"]), **kw)
+        self._dispatch(msg)
+
+    def remember_asker(self, key: ConversationKey, user: str) -> None:
+        recipients = self._sender.recipients
+        recipients[(key.channel, key.thread)] = user
+        if len(recipients) > 10_000:
+            del recipients[next(iter(recipients))]
+
+    def _allowed(self, user: str, channel: str) -> bool:
+        section = self._settings
+        return (not section.allowed_users or user in section.allowed_users) and (
+            not section.allowed_chats or channel in section.allowed_chats
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:
+                log.warning("slack note failed: %s", exc)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _from_bot(self, event: dict[str, Any]) -> bool:
+        return bool(
+            event.get("bot_id")
+            or event.get("subtype") == "bot_message"
+            or not event.get("user")
+            or event.get("user") == self.bot_user_id
+        )
+
+    def _team(self, body: dict[str, Any], event: dict[str, Any]) -> str:
+        return str(body.get("team_id") or event.get("team") or self.team_id)
+
+    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if self._from_bot(event) or self._handler is None:
+            return
+        channel = str(event["channel"])
+        thread = str(event.get("thread_ts") or event["ts"])
+        self._threads.add((channel, thread))
+        key = ConversationKey("slack", self._team(body, event), channel, thread)
+        self._question(key, event, mentions_bot=True)
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if event.get("subtype") not in _HANDLED_SUBTYPES or self._from_bot(event):
+            return
+        if self._handler is None:
+            return
+        channel = str(event.get("channel", ""))
+        text = str(event.get("text", ""))
+        team = self._team(body, event)
+        mentioned = mentions(text, self.bot_user_id)
+        if event.get("channel_type") == "im":
+            key = ConversationKey("slack", team, channel, str(event.get("thread_ts") or ""))
+            self._question(key, event, is_direct=True, mentions_bot=mentioned)
+            return
+        thread = str(event.get("thread_ts") or "")
+        if mentioned or not thread or not self._settings.answer_thread_followups:
+            return  # mentions arrive as app_mention; plain channel chatter is not for us
+        key = ConversationKey("slack", team, channel, thread)
+        if await self._takes_part(key):
+            self._question(key, event)
+
+    async def _takes_part(self, key: ConversationKey) -> bool:
+        """Has the bot answered in this thread? Known threads are in memory; after a restart
+        the stored history tells."""
+        if (key.channel, key.thread) in self._threads:
+            return True
+        handler = self._handler
+        if handler is None:
+            return False
+        try:
+            history = await handler.history(key)
+        except Exception as exc:
+            log.warning("history lookup for %s failed: %s", key, exc)
+            return False
+        if history:
+            self._threads.add((key.channel, key.thread))
+        return bool(history)
+
+    async def _on_command(
+        self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        await ack()  # within Slack's 3 seconds, whatever the command costs
+        handler = self._handler
+        if handler is None:
+            return
+        channel = str(command.get("channel_id", ""))
+        key = ConversationKey("slack", str(command.get("team_id") or self.team_id), channel, "")
+        direct = channel.startswith("D") or command.get("channel_name") == "directmessage"
+        text = command_text(str(command.get("text", "")))
+        msg = IncomingMessage(
+            key=key,
+            user_id=str(command.get("user_id", "")),
+            text=text,
+            is_direct=direct,
+            mentions_bot=True,
+            user_name=str(command.get("user_name", "")),
+        )
+
+        async def run() -> None:
+            if not direct and text.split()[0] in THREAD_COMMANDS:
+                # A slash command does not say which thread it was typed next to, and in a
+                # channel every conversation is a thread: point to the way that works.
+                reply = THREAD_HINT.format(bot=self.bot_user_id)
+            else:
+                try:
+                    reply = to_mrkdwn(await handler.command(msg))
+                except Exception:
+                    log.exception("slash command failed")
+                    reply = "Sorry, that did not work."
+            await respond(text=reply, response_type="ephemeral")
+
+        self._spawn(run())
+
+
+def command_text(text: str) -> str:
+    """ "/edgeqa reset" arrives as text "reset"; the core wants "/reset". A user given as
+    <@U123|name> (the command escapes mentions) is passed on as the id U123."""
+    words = text.strip().split(maxsplit=1)
+    if not words:
+        return "/help"
+    name = words[0].lower().lstrip("/")
+    args = _USER_REF.sub(lambda m: m.group(1), words[1]).strip() if len(words) > 1 else ""
+    return f"/{name} {args}".strip()

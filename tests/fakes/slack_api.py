@@ -1,0 +1,319 @@
+"""A local stand-in for Slack's Web API (https://slack.com/api/*) and response URLs.
+
+The real slack-sdk client talks to it over HTTP (base_url). It keeps every channel's
+messages and threads, each bot message's history of texts, every call made (with a
+monotonic timestamp, to count chat.update per minute), and can be scripted to fail: 429 with
+Retry-After, msg_too_long, 5xx. Only what the bot uses is implemented, with Slack's field
+names and error codes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    user: str = ""
+    bot_id: str = ""
+    thread_ts: str = ""
+    texts: list[str] = field(default_factory=list)  # every text it showed, oldest first
+    streaming: bool = False
+
+    @property
+    def is_bot(self) -> bool:
+        return bool(self.bot_id)
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    token: str
+
+
+@dataclass
+class Fault:
+    method: str
+    status: int = 200
+    error: str = ""
+    retry_after: float | None = None
+    times: int = 1
+    after: int = 0  # let this many calls through first
+
+
+class FakeSlackApi:
+    def __init__(
+        self,
+        *,
+        team_id: str = "T0TEAM",
+        bot_user_id: str = "U0BOT",
+        bot_id: str = "B0BOT",
+        bot_token: str = "xoxb-test-token",
+        app_token: str = "xapp-test-token",
+        max_text: int = 40_000,
+    ) -> None:
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.max_text = max_text
+        self.socket_url = ""
+        self.calls: list[Call] = []
+        self.messages: dict[str, list[Message]] = {}
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.status_error = ""  # e.g. "not_allowed": assistant.threads.setStatus refuses
+        self.stream_error = ""  # e.g. "unknown_method": no native streaming
+        self.responses: dict[str, list[dict[str, Any]]] = {}
+        self.faults: list[Fault] = []
+        self.on_bot_message: Callable[[Message, str], None] | None = None
+        self._ts = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- server --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/response/{rid}", self._response)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def response_url(self, rid: str) -> str:
+        return f"http://127.0.0.1:{self.port}/response/{rid}"
+
+    # -- scripting and inspection --------------------------------------------------------
+
+    def fail(self, method: str, **kw: Any) -> Fault:
+        fault = Fault(method, **kw)
+        self.faults.append(fault)
+        return fault
+
+    def new_ts(self) -> str:
+        return f"1700000000.{next(self._ts):06d}"
+
+    def user_message(
+        self, channel: str, text: str, *, user: str = "U0ALICE", thread_ts: str = ""
+    ) -> Message:
+        message = Message(channel, self.new_ts(), text, user=user, thread_ts=thread_ts)
+        message.texts.append(text)
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """The replies in a thread (without its first message), oldest first."""
+        return [
+            m
+            for m in self.messages.get(channel, [])
+            if m.thread_ts == thread_ts and m.ts != thread_ts
+        ]
+
+    def main_line(self, channel: str) -> list[Message]:
+        return [m for m in self.messages.get(channel, []) if not m.thread_ts]
+
+    def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[Message]:
+        source = (
+            self.messages.get(channel, []) if thread_ts is None else self.thread(channel, thread_ts)
+        )
+        return [m for m in source if m.is_bot]
+
+    def find(self, channel: str, ts: str) -> Message | None:
+        return next((m for m in self.messages.get(channel, []) if m.ts == ts), None)
+
+    def count(self, method: str) -> int:
+        return sum(1 for call in self.calls if call.method == method)
+
+    def max_per_window(self, method: str, window: float = 60.0) -> int:
+        """The most calls of `method` in any `window` seconds."""
+        times = [call.at for call in self.calls if call.method == method]
+        best = 0
+        for i, start in enumerate(times):
+            best = max(best, sum(1 for t in times[i:] if t - start < window))
+        return best
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.responses.setdefault(request.match_info["rid"], []).append(await request.json())
+        return web.Response(text="ok", content_type="text/plain")
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            body = await request.text()
+            if body:
+                params.update(json.loads(body))
+        elif request.can_read_body:
+            params.update(dict(await request.post()))
+        return params
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await self._params(request)
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth else str(params.get("token", ""))
+        self.calls.append(Call(method, params, time.monotonic(), token))
+        for fault in self.faults:
+            if fault.method != method or fault.times <= 0:
+                continue
+            if fault.after > 0:
+                fault.after -= 1
+                continue
+            fault.times -= 1
+            return self._fault(fault)
+        expected = self.app_token if method == "apps.connections.open" else self.bot_token
+        if token != expected:
+            return _ok(False, error="invalid_auth")
+        handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return _ok(False, error="unknown_method")
+        result: web.Response = handler(params)
+        return result
+
+    def _fault(self, fault: Fault) -> web.Response:
+        if fault.status >= 500:
+            return web.Response(
+                status=fault.status, text="<html>oops</html>", content_type="text/html"
+            )
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        error = fault.error or ("ratelimited" if fault.status == 429 else "fatal_error")
+        return web.json_response(
+            {"ok": False, "error": error}, status=fault.status, headers=headers
+        )
+
+    def _m_auth_test(self, params: dict[str, Any]) -> web.Response:
+        return _ok(
+            url="https://fake.slack.com/",
+            team="Fake Team",
+            user="edgeqa",
+            team_id=self.team_id,
+            user_id=self.bot_user_id,
+            bot_id=self.bot_id,
+            is_enterprise_install=False,
+        )
+
+    def _m_apps_connections_open(self, params: dict[str, Any]) -> web.Response:
+        return _ok(url=self.socket_url)
+
+    def _bot_post(self, channel: str, text: str, thread_ts: str) -> Message:
+        message = Message(
+            channel,
+            self.new_ts(),
+            text,
+            user=self.bot_user_id,
+            bot_id=self.bot_id,
+            thread_ts=thread_ts,
+        )
+        message.texts.append(text)
+        self.messages.setdefault(channel, []).append(message)
+        self.statuses.pop((channel, thread_ts), None)  # Slack clears the status on a reply
+        if self.on_bot_message is not None:
+            self.on_bot_message(message, "")
+        return message
+
+    def _m_chat_postMessage(self, params: dict[str, Any]) -> web.Response:
+        channel, text = str(params.get("channel", "")), str(params.get("text", ""))
+        if not channel:
+            return _ok(False, error="channel_not_found")
+        if not text:
+            return _ok(False, error="no_text")
+        if len(text) > self.max_text:
+            return _ok(False, error="msg_too_long")
+        message = self._bot_post(channel, text, str(params.get("thread_ts", "")))
+        return _ok(channel=channel, ts=message.ts, message={"text": text, "ts": message.ts})
+
+    def _m_chat_update(self, params: dict[str, Any]) -> web.Response:
+        channel, text = str(params.get("channel", "")), str(params.get("text", ""))
+        message = self.find(channel, str(params.get("ts", "")))
+        if message is None:
+            return _ok(False, error="message_not_found")
+        if not message.is_bot:
+            return _ok(False, error="cant_update_message")
+        if len(text) > self.max_text:
+            return _ok(False, error="msg_too_long")
+        message.text = text
+        message.texts.append(text)
+        if self.on_bot_message is not None:
+            self.on_bot_message(message, "message_changed")
+        return _ok(channel=channel, ts=message.ts, text=text)
+
+    def _m_chat_startStream(self, params: dict[str, Any]) -> web.Response:
+        if self.stream_error:
+            return _ok(False, error=self.stream_error)
+        channel, thread_ts = str(params.get("channel", "")), str(params.get("thread_ts", ""))
+        if not thread_ts:
+            return _ok(False, error="invalid_arguments")
+        if not channel.startswith("D") and not (
+            params.get("recipient_user_id") and params.get("recipient_team_id")
+        ):
+            return _ok(False, error="invalid_arguments")  # required when streaming to channels
+        text = str(params.get("markdown_text", ""))
+        message = self._bot_post(channel, text, thread_ts)
+        message.streaming = True
+        return _ok(channel=channel, ts=message.ts)
+
+    def _stream(self, params: dict[str, Any]) -> Message | web.Response:
+        message = self.find(str(params.get("channel", "")), str(params.get("ts", "")))
+        if message is None:
+            return _ok(False, error="message_not_found")
+        if not message.streaming:
+            return _ok(False, error="message_not_in_streaming_state")
+        text = str(params.get("markdown_text", "") or "")
+        if len(message.text + text) > self.max_text:
+            return _ok(False, error="msg_too_long")
+        if text:
+            message.text += text
+            message.texts.append(message.text)
+        return message
+
+    def _m_chat_appendStream(self, params: dict[str, Any]) -> web.Response:
+        message = self._stream(params)
+        if isinstance(message, web.Response):
+            return message
+        return _ok(channel=message.channel, ts=message.ts)
+
+    def _m_chat_stopStream(self, params: dict[str, Any]) -> web.Response:
+        message = self._stream(params)
+        if isinstance(message, web.Response):
+            return message
+        message.streaming = False
+        return _ok(channel=message.channel, ts=message.ts, message={"text": message.text})
+
+    def _m_assistant_threads_setStatus(self, params: dict[str, Any]) -> web.Response:
+        if self.status_error:
+            return _ok(False, error=self.status_error)
+        channel, thread_ts = str(params.get("channel_id", "")), str(params.get("thread_ts", ""))
+        if not channel or not thread_ts:
+            return _ok(False, error="invalid_arguments")
+        self.statuses[(channel, thread_ts)] = str(params.get("status", ""))
+        return _ok()
+
+
+def _ok(ok: bool = True, **fields: Any) -> web.Response:
+    return web.json_response({"ok": ok, **fields})
