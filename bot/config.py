@@ -149,6 +149,9 @@ class TelegramSettings(AccessSettings):
     group_edit_interval: Duration = 3.0
     trigger_prefix: str = ""
     use_drafts: bool = True
+    # Characters per message before the answer continues in a new one (Telegram: 4096,
+    # kept lower for the HTML markup and for clients that count UTF-16 units).
+    max_message_len: int = Field(3800, ge=100, le=4096)
 
 
 class SlackSettings(AccessSettings):

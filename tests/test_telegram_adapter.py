@@ -272,6 +272,11 @@ async def test_group_edits_are_plain_until_final_and_slower(fake, bot) -> None:
     key = core.received[0].key
     assert adapter.edit_interval(key) == 0.02
     assert adapter.edit_interval(ConversationKey("telegram", "", "10", "")) == 0.01
+    # Two answers streaming in one group share the group's budget: each edits half as often.
+    other = ConversationKey("telegram", "", "-1003", "999")
+    await adapter.send(other, "another answer starts")
+    assert adapter.edit_interval(key) == pytest.approx(0.04)
+    assert adapter.edit_interval(other) == pytest.approx(0.04)
 
 
 async def test_forum_topic_is_one_conversation_and_answers_stay_in_it(fake, bot) -> None:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TELEGRAM_LIMIT = 4096  # characters per message, after entity parsing
-MAX_MESSAGE_LEN = 3800  # what the core may put in one message: room for UTF-16 surprises
+ACTIVE_FOR = 10.0  # seconds a group conversation counts as streaming after its last write
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]  # edits, channel posts, reactions... never reach us
 TEXT_ONLY = "I can only read text messages — please type your question."
@@ -79,7 +79,9 @@ class TelegramAdapter:
         self._app.add_handler(TypeHandler(Update, self._on_update))
         self._app.add_error_handler(self._on_error)
         self.limits = AdapterLimits(
-            max_message_len=MAX_MESSAGE_LEN, edit_interval=self._tg.edit_interval, has_typing=True
+            max_message_len=self._tg.max_message_len,
+            edit_interval=self._tg.edit_interval,
+            has_typing=True,
         )
         self._handler: CoreHandler | None = None
         self._router: Router | None = None
@@ -92,6 +94,7 @@ class TelegramAdapter:
         self._shown: BoundedMap[tuple[int, int], tuple[str, bool]] = BoundedMap(5000)
         self._moved: BoundedMap[tuple[int, int], int] = BoundedMap(1000)  # deleted -> resent
         self._recent_updates: deque[int] = deque(maxlen=2000)
+        self._streaming: dict[int, dict[str, float]] = {}  # group -> thread -> last write
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -247,9 +250,26 @@ class TelegramAdapter:
     # -- sending -------------------------------------------------------------------------
 
     def edit_interval(self, key: ConversationKey) -> float:
+        """Private chats: edit_interval. Groups: group_edit_interval shared by the answers
+        streaming there at once (Telegram allows about 20 messages or edits a minute per
+        group, not per conversation). Longer while the chat is paused by a 429."""
         chat_id = int(key.channel)
-        base = self._tg.group_edit_interval if is_group_chat(chat_id) else self._tg.edit_interval
-        return max(base, self._pause_left(chat_id))
+        interval = self._tg.edit_interval
+        if is_group_chat(chat_id):
+            now = time.monotonic()
+            active = self._streaming.setdefault(chat_id, {})
+            for thread, last in list(active.items()):
+                if now - last > ACTIVE_FOR:
+                    del active[thread]
+            others = len(active.keys() - {key.thread})
+            interval = self._tg.group_edit_interval * (1 + others)
+        return max(interval, self._pause_left(chat_id))
+
+    def _wrote(self, key: ConversationKey) -> None:
+        """Note that a conversation in a group just sent or edited (see edit_interval)."""
+        chat_id = int(key.channel)
+        if is_group_chat(chat_id):
+            self._streaming.setdefault(chat_id, {})[key.thread] = time.monotonic()
 
     def _pause_left(self, chat_id: int) -> float:
         return max(0.0, self._paused_until.get(chat_id, 0.0) - time.monotonic())
@@ -307,6 +327,7 @@ class TelegramAdapter:
             self._moved.put((chat_id, message_id), new_id)
             return
         self._shown.put((chat_id, message_id), (text, final))
+        self._wrote(key)
 
     async def typing(self, key: ConversationKey) -> None:
         chat_id = int(key.channel)
@@ -356,6 +377,7 @@ class TelegramAdapter:
         if self._router is not None:  # a reply to this answer continues the chain
             self._router.remember(chat_id, message_id, key.thread)
         self._shown.put((chat_id, message_id), (text, final))
+        self._wrote(key)
         return message_id
 
     async def _rendered(
