@@ -422,3 +422,15 @@ async def test_webhook_mode_checks_the_secret(fake) -> None:
     finally:
         await adapter.stop()
         await runner.cleanup()
+
+
+async def test_a_wrong_token_stops_start_without_showing_the_token(fake) -> None:
+    settings = Settings(
+        telegram={"enabled": True, "base_url": fake.base_url}, telegram_token="999:WRONG-TOKEN"
+    )
+    adapter = TelegramAdapter(settings)
+    with pytest.raises(PlatformError) as info:
+        await adapter.start(ScriptedCore(adapter))
+    assert "rejected" in str(info.value)
+    assert "WRONG-TOKEN" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from telegram import BotCommand, BotCommandScopeChat, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 from telegram.warnings import PTBDeprecationWarning
 
@@ -104,7 +104,18 @@ class TelegramAdapter:
 
     async def start(self, handler: CoreHandler) -> None:
         self._handler = handler
-        await self._app.initialize()  # getMe: who we are, so mentions can be recognised
+        try:
+            await self._app.initialize()  # getMe: who we are, so mentions can be recognised
+        except TelegramError as exc:
+            await self._app.bot.shutdown()
+            if isinstance(exc, InvalidToken):  # PTB's message quotes the token: keep it out
+                raise PlatformError(
+                    "Telegram rejected the bot token (EDGEQA_TELEGRAM_TOKEN); "
+                    "check it with @BotFather"
+                ) from None
+            token = self._settings.telegram_token
+            detail = str(exc).replace(token.get_secret_value(), "***") if token else str(exc)
+            raise PlatformError(f"cannot reach the Telegram Bot API: {detail}") from None
         bot = self._app.bot
         self._router = Router(bot.id, bot.username, self._tg.trigger_prefix)
         await self._register_commands()
