@@ -289,6 +289,18 @@ async def test_forum_topic_is_one_conversation_and_answers_stay_in_it(fake, bot)
     assert {p.get("message_thread_id") for p in fake.method_calls("sendMessage")} == {7}
 
 
+async def test_private_chat_topics_are_separate_conversations(fake, bot) -> None:
+    core = await bot()
+    alice = fake.user(10, "Alice")
+    dm = fake.private_chat(alice)
+    fake.user_says(dm, alice, "in topic 3", topic=3)
+    fake.user_says(dm, alice, "in the main chat")
+    await fake.wait_for(lambda: len(fake.bot_messages(10)) == 2)
+    assert [m.key.thread for m in core.received] == ["topic:3", ""]
+    drafts = fake.method_calls("sendMessageDraft")
+    assert {d.get("message_thread_id") for d in drafts} == {3, None}
+
+
 # -- commands --------------------------------------------------------------------------
 
 

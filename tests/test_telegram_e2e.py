@@ -176,6 +176,21 @@ async def test_429_in_the_middle_still_ends_with_the_full_text(fake, bot) -> Non
     assert_shows(replies_to(fake, GROUP, question), answer, 3800)
 
 
+async def test_server_errors_and_dropped_connections_lose_nothing(fake, bot) -> None:
+    users = people(fake)
+    group = fake.group(GROUP)
+    faults = [
+        fake.fail("sendMessage", "server_error"),
+        fake.fail("sendMessage", "drop"),
+        fake.fail("editMessageText", "drop"),
+    ]
+    async with bot(EDGEQA_ENGINE__MAX_TOKENS="120") as app:
+        question = fake.user_says(group, users["bob"], "@edgeqa_bot are you robust?")
+        (answer,) = await stored(app, key_of(GROUP, str(question)))
+    assert [f.hits for f in faults][:2] == [1, 1]
+    assert_shows(replies_to(fake, GROUP, question), answer, 3800)
+
+
 async def test_strangers_are_ignored_silently(fake, bot) -> None:
     users = people(fake)
     eve_dm, alice_dm = fake.private_chat(users["eve"]), fake.private_chat(users["alice"])
