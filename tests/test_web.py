@@ -61,7 +61,8 @@ async def test_answer_streams_to_every_tab_of_its_thread_only() -> None:
             assert progress[0]["queue_position"] == 1
             assert progress[-1]["done"] and progress[-1]["tokens_per_second"] == 12.5
             assert any(e["type"] == "typing" for e in events)
-            assert events[-1] == {"type": "done", "question": question_id, "command": False}
+            done = events[-1]
+            assert (done["question"], done["command"]) == (question_id, False)
 
         # Nothing of thread-a reached thread-b: its first event is its own question.
         await ask(client, "thread-b", "and you?")
@@ -98,6 +99,36 @@ async def test_reload_mid_answer_shows_the_partial_answer_then_the_stored_turn()
                 break
             await asyncio.sleep(0.02)
         assert adapter.state.thread_count == 0
+
+
+@pytest.mark.parametrize("read_before_store", [True, False])
+async def test_a_history_read_overlapping_the_end_of_an_answer_shows_it_once(
+    read_before_store: bool,
+) -> None:
+    async with web_server() as (_adapter, core, client), subscribed(client, "thread-a") as tab:
+        core.gate = asyncio.Event()
+        await ask(client, "thread-a", "why?")
+        await tab.until(lambda e: e["type"] == "reply" and "grows" in e["text"])
+
+        stored = core.history
+        answered = asyncio.Event()
+
+        async def slow_history(key):  # type: ignore[no-untyped-def]
+            before = await stored(key)
+            await answered.wait()  # the answer ends and is stored while we read
+            return before if read_before_store else await stored(key)
+
+        core.history = slow_history  # type: ignore[method-assign]
+        reading = asyncio.create_task(history(client, "thread-a"))
+        await asyncio.sleep(0.05)
+        core.gate.set()
+        await tab.until(lambda e: e["type"] == "done")
+        answered.set()
+        seen = await reading
+
+        shown = [t["answer"] for t in seen["turns"]]
+        shown += [r["text"] for ex in seen["live"] for r in ex["replies"]]
+        assert shown == [FULL_ANSWER]
 
 
 async def test_typed_commands_reach_the_core_and_reset_clears_the_history() -> None:

@@ -201,9 +201,12 @@ class WebRoutes:
         handler = self.adapter.handler
         if handler is None:
             return _error(503, "the bot is starting or stopping")
+        state = self.adapter.state
+        since = state.seq
         turns = list(await handler.history(key))
-        live = _without_stored(self.adapter.state.snapshot(key), turns)
+        live = _without_stored(state.snapshot(key, finished_since=since), turns)
         payload = {
+            "seq": state.seq,
             "turns": [
                 {
                     "question": t.question,
@@ -255,28 +258,28 @@ def _key(browser: Any, thread: Any) -> ConversationKey | None:
 
 
 def _without_stored(live: list[dict[str, Any]], turns: list[Turn]) -> list[dict[str, Any]]:
-    """Drop live exchanges the core already stored (answered, task not yet returned), so a
-    reload in that instant does not show the turn twice."""
-    tail = turns[-len(live) :] if live else []
+    """Drop live exchanges whose turn the history already holds.
+
+    The core delivers the final text, then stores the turn, then returns from handle(); so
+    only an exchange whose replies are all final can be stored already. Such an exchange is
+    matched (by its question) with one of the last stored turns, so a reload at that instant
+    shows the turn once. (Two identical questions in a row may show once until the next load.)
+    """
+    tail = [_normal(turn.question) for turn in turns[-len(live) :]] if live else []
     kept = []
     for exchange in live:
         replies = exchange["replies"]
-        if exchange["question"] is not None and replies and all(r["final"] for r in replies):
-            answer = "".join(r["text"] for r in replies).strip()
-            match = next(
-                (
-                    i
-                    for i, turn in enumerate(tail)
-                    if turn.question.strip() == exchange["question"]
-                    and turn.answer.strip() == answer
-                ),
-                None,
-            )
-            if match is not None:
-                del tail[match]
-                continue
+        question = exchange["question"]
+        stored = question is not None and replies and all(r["final"] for r in replies)
+        if stored and _normal(question) in tail:
+            tail.remove(_normal(question))
+            continue
         kept.append(exchange)
     return kept
+
+
+def _normal(text: str) -> str:
+    return text.replace("\r\n", "\n").strip()
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -23,6 +23,7 @@ from bot.types import ConversationKey, Progress
 
 # A tab that falls this far behind is disconnected; its EventSource reconnects and resyncs.
 MAX_BACKLOG = 1000
+RECENT = 64  # finished exchanges kept for history reads that overlap their end
 NOTICE = "notice-"  # exchange ids of messages that answer no question of this page
 
 
@@ -103,7 +104,13 @@ class LiveState:
 
     def __init__(self) -> None:
         self._threads: dict[ConversationKey, Thread] = {}
+        self._finished: deque[tuple[int, ConversationKey, Exchange]] = deque(maxlen=RECENT)
         self._seq = 0
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the latest event."""
+        return self._seq
 
     @property
     def thread_count(self) -> int:
@@ -160,11 +167,16 @@ class LiveState:
         self.publish(key, {"type": "question", "id": question_id, "text": text, "seq": seq})
 
     def finish(self, key: ConversationKey, question_id: str, *, command: bool) -> None:
-        """The question's handle() returned: storage has the turn, the buffer can go."""
+        """The question's handle() returned: storage has the turn, the buffer can go (after a
+        short stay in `_finished`, for a history read that raced with the store)."""
+        seq = self._next_seq()
         thread = self._threads.get(key)
-        if thread is not None:
-            thread.exchanges.pop(question_id, None)
-        self.publish(key, {"type": "done", "question": question_id, "command": command})
+        exchange = None if thread is None else thread.exchanges.pop(question_id, None)
+        if exchange is not None:
+            exchange.running = False
+            self._finished.append((seq, key, exchange))
+        event = {"type": "done", "question": question_id, "command": command, "seq": seq}
+        self.publish(key, event)
         self._forget_if_idle(key)
 
     def attach(self, key: ConversationKey, reply_to: str) -> str:
@@ -211,7 +223,8 @@ class LiveState:
 
     def typing(self, key: ConversationKey) -> None:
         exchange = self._current(key)
-        self.publish(key, {"type": "typing", "question": exchange.id if exchange else None})
+        question = exchange.id if exchange else None
+        self.publish(key, {"type": "typing", "question": question, "seq": self._next_seq()})
 
     def progress(
         self, key: ConversationKey, exchange_id: str, reply_id: str | None, info: Progress
@@ -233,9 +246,13 @@ class LiveState:
             exchange.progress = event
         self.publish(key, event)
 
-    def snapshot(self, key: ConversationKey) -> list[dict[str, Any]]:
+    def snapshot(self, key: ConversationKey, finished_since: int) -> list[dict[str, Any]]:
+        """The thread's live exchanges, plus those finished after sequence `finished_since`
+        (their turn may have been stored just too late for a history read that began then)."""
         thread = self._threads.get(key)
-        return [] if thread is None else [ex.as_dict() for ex in thread.exchanges.values()]
+        exchanges = [] if thread is None else list(thread.exchanges.values())
+        exchanges += [ex for seq, k, ex in self._finished if k == key and seq > finished_since]
+        return [ex.as_dict() for ex in sorted(exchanges, key=lambda ex: ex.seq)]
 
     # --- helpers -------------------------------------------------------------------------
 

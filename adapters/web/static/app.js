@@ -39,6 +39,8 @@
     localStorage.setItem(BROWSER_KEY, browserId);
   }
 
+  document.getElementById("me").textContent = `you: ${browserId}`;
+
   // --- the list of this browser's threads (shared by its tabs) -------------------------
 
   function threads() {
@@ -196,7 +198,7 @@
       if (keep) this.transcript.append(keep);
       const buffered = this.buffer;
       this.buffer = null;
-      for (const ev of buffered) this.apply(ev);
+      for (const ev of buffered) if (ev.seq > data.seq) this.apply(ev); // older: in `data`
       if (data.turns.length && this.titleEl.textContent === "New thread") {
         this.setTitle(data.turns[0].question);
       }

@@ -7,7 +7,15 @@ window.renderMarkdown = (() => {
   const FENCE = /^\s*```/;
   const HEADING = /^(#{1,6})\s+(.*)$/;
   const ITEM = /^\s*([-*+]|\d+[.)])\s+(.*)$/;
-  const INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*)|(\*[^*\s][^*\n]*\*)|\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g;
+  const INLINE = new RegExp(
+    [
+      /(`[^`\n]+`)/.source, // 1 code
+      /(\*\*[^*\n]+\*\*)/.source, // 2 bold
+      /(\*[^*\s][^*\n]*\*|(?<![\w])_[^_\s][^_\n]*_(?![\w]))/.source, // 3 italic
+      /\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/.source, // 4 label, 5 url
+    ].join("|"),
+    "g",
+  );
 
   function inline(parent, text) {
     let last = 0;
