@@ -62,6 +62,12 @@ def translate(exc: Exception) -> PlatformError:
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 
 
+def _render(text: str) -> str:
+    """The final text as mrkdwn; Markdown that renders to nothing (a lone link reference
+    definition) is shown as written, since Slack refuses empty messages."""
+    return to_mrkdwn(text) or escape(text)
+
+
 @dataclass(slots=True)
 class _Live:
     """A message that is still being written."""
@@ -154,7 +160,7 @@ class SlackSender:
     # -- the adapter's send side ---------------------------------------------------------
 
     async def send(self, key: ConversationKey, text: str, *, final: bool) -> MessageRef:
-        body = to_mrkdwn(text) if final else escape(text)
+        body = _render(text) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
         placeholder = self._placeholders.get(key)
@@ -183,7 +189,7 @@ class SlackSender:
             if final:
                 self._finish(ref.message_id, live)
             return
-        await self._update(key, ref.message_id, to_mrkdwn(text) if final else escape(text))
+        await self._update(key, ref.message_id, _render(text) if final else escape(text))
         if final:
             self._finish(ref.message_id, live)
 

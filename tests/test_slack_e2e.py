@@ -1,0 +1,248 @@
+"""Slack end to end: fake Web API + Socket Mode servers <-HTTP/websocket-> slack-bolt and
+slack-sdk <-> SlackAdapter <-> the real core (App: service, flusher, SQLite history) <->
+llama.cpp on a tiny model.
+
+The tiny model writes random-looking text, so the checks compare what the thread shows with
+what the bot stored as the answer: the bot's messages, in order, must be exactly the answer
+cut where the flusher cuts it, each piece rendered to mrkdwn — nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from adapters.slack import SlackAdapter
+from adapters.slack.render import escape, to_mrkdwn
+from bot.app import App
+from bot.flusher import split_point
+from bot.types import ConversationKey
+from tests.fakes.slack_workspace import SlackWorkspace
+from tests.harness import running_app, test_settings
+from tests.test_slack_support import PROXY_VARIABLES, eventually, settle
+
+pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
+
+CHANNEL = "C0GENERAL"
+DM = "D0ALICE"
+ADMIN = "U0ADMIN"
+
+Start = Callable[..., AbstractAsyncContextManager[App]]
+
+
+@pytest.fixture
+async def ws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    workspace = SlackWorkspace()
+    await workspace.start()
+    yield workspace
+    await workspace.close()
+
+
+@pytest.fixture
+def bot(tmp_path: Path, tiny_model_path: Path, ws: SlackWorkspace) -> Start:
+    """`async with bot(EDGEQA_...="...") as app:` runs the whole bot against the fakes."""
+
+    @asynccontextmanager
+    async def start(**env: str) -> AsyncIterator[App]:
+        values = {
+            "EDGEQA_SLACK__ENABLED": "true",
+            "EDGEQA_SLACK_BOT_TOKEN": ws.api.bot_token,
+            "EDGEQA_SLACK_APP_TOKEN": ws.api.app_token,
+            "EDGEQA_SLACK__BASE_URL": ws.api.base_url,
+            "EDGEQA_SLACK__ADMINS": ADMIN,
+            "EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE": "600",
+            **env,
+        }
+        settings = test_settings(tmp_path, tiny_model_path, **values)
+        async with running_app(settings, [SlackAdapter(settings)]) as app:
+            await ws.socket.wait_connected()
+            yield app
+
+    return start
+
+
+def key(ws: SlackWorkspace, channel: str, thread: str) -> ConversationKey:
+    return ConversationKey("slack", ws.team_id, channel, thread)
+
+
+async def answers(app: App, conversation: ConversationKey) -> list[str]:
+    return [turn.answer for turn in await app.repo.load_history(conversation)]
+
+
+def expected_messages(answer: str, limit: int) -> list[str]:
+    """The answer as the flusher cuts it and the adapter renders each finished piece."""
+    pieces = []
+    while len(answer) > limit:
+        cut = split_point(answer, limit)
+        pieces.append(answer[:cut])
+        answer = answer[cut:]
+    pieces.append(answer)
+    shown = [piece if piece.strip() else "…" for piece in pieces]
+    return [to_mrkdwn(piece) or escape(piece) for piece in shown]
+
+
+def thread_texts(ws: SlackWorkspace, channel: str, thread: str) -> list[str]:
+    return [m.text for m in ws.api.bot_messages(channel, thread)]
+
+
+async def answered(app: App, conversation: ConversationKey, count: int = 1) -> list[str]:
+    """Wait until `count` answers are stored for the conversation; return them."""
+    stored: list[str] = []
+
+    async def check() -> bool:
+        stored[:] = await answers(app, conversation)
+        return len(stored) >= count
+
+    for _ in range(1500):
+        if await check():
+            return stored
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{conversation}: {len(stored)} answers, wanted {count}")
+
+
+async def test_a_mention_streams_into_its_thread(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot() as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> what is a llama?")
+        thread = key(ws, CHANNEL, asked.ts)
+        [answer] = await answered(app, thread)
+        limit = app.settings.slack.max_message_len
+        await eventually(
+            lambda: thread_texts(ws, CHANNEL, asked.ts) == expected_messages(answer, limit)
+        )
+        [reply] = ws.api.bot_messages(CHANNEL, asked.ts)
+        assert len(reply.texts) >= 2  # posted, then edited into its final form
+        assert ws.api.main_line(CHANNEL) == [ws.api.find(CHANNEL, asked.ts)]
+        turns = await app.repo.load_history(thread)
+        assert turns[0].question == "what is a llama?" and turns[0].user_id == "U0ALICE"
+
+
+async def test_a_direct_message_conversation(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot() as app:
+        first = await ws.say(DM, "hello")
+        main = key(ws, DM, "")
+        await answered(app, main, 1)
+        await ws.say(DM, "and again")
+        stored = await answered(app, main, 2)
+        limit = app.settings.slack.max_message_len
+        shown = [m.text for m in ws.api.main_line(DM) if m.is_bot]
+        want = [text for answer in stored for text in expected_messages(answer, limit)]
+        await eventually(lambda: [m.text for m in ws.api.main_line(DM) if m.is_bot] == want)
+        assert shown  # the DM's main line, not a thread
+        await ws.say(DM, "in a thread", thread_ts=first.ts)
+        [threaded] = await answered(app, key(ws, DM, first.ts))
+        await eventually(
+            lambda: thread_texts(ws, DM, first.ts) == expected_messages(threaded, limit)
+        )
+        assert len(await answers(app, main)) == 2
+
+
+async def test_follow_ups_keep_context_and_reset_clears_it(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot() as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> first")
+        thread = key(ws, CHANNEL, asked.ts)
+        await answered(app, thread, 1)
+        await ws.say(CHANNEL, "second, no mention", thread_ts=asked.ts, user="U0BOB")
+        await answered(app, thread, 2)
+        turns = await app.repo.load_history(thread)  # one conversation: the thread
+        assert [t.question for t in turns] == ["first", "second, no mention"]
+        # Chatter in the channel is not a question.
+        await ws.say(CHANNEL, "unrelated", user="U0BOB")
+        # "@edgeqa reset" in the thread forgets it, and says so in the thread.
+        await ws.say(CHANNEL, f"<@{ws.bot}> reset", thread_ts=asked.ts)
+        await eventually(lambda: any("forgotten" in t for t in thread_texts(ws, CHANNEL, asked.ts)))
+        assert await answers(app, thread) == []
+        await settle()
+        assert len(ws.api.main_line(CHANNEL)) == 2  # the two user messages, no bot posts
+        # In a DM, /edgeqa reset clears the top-level conversation.
+        await ws.say(DM, "remember me")
+        await answered(app, key(ws, DM, ""))
+        envelope_id, rid = await ws.slash("reset", channel=DM)
+        await ws.socket.wait_ack(envelope_id, within=3.0)
+        reply = await ws.ephemeral(rid)
+        assert "forgotten" in reply["text"] and reply["response_type"] == "ephemeral"
+        assert await answers(app, key(ws, DM, "")) == []
+
+
+async def test_three_answers_at_once_stay_within_the_edit_budget(
+    bot: Start, ws: SlackWorkspace
+) -> None:
+    budget = 30
+    async with bot(EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE=str(budget)) as app:
+        asked = [await ws.say(CHANNEL, f"<@{ws.bot}> question {i}") for i in range(3)]
+        limit = app.settings.slack.max_message_len
+        for message in asked:
+            [answer] = await answered(app, key(ws, CHANNEL, message.ts))
+            await eventually(
+                lambda m=message, a=answer: (
+                    thread_texts(ws, CHANNEL, m.ts) == expected_messages(a, limit)
+                )
+            )
+        assert ws.api.max_per_window("chat.update") <= budget
+
+
+async def test_rate_limited_mid_stream(bot: Start, ws: SlackWorkspace) -> None:
+    ws.api.fail("chat.update", status=429, retry_after=1, after=1, times=1)
+    async with bot() as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> go")
+        [answer] = await answered(app, key(ws, CHANNEL, asked.ts))
+        await eventually(
+            lambda: (
+                thread_texts(ws, CHANNEL, asked.ts)
+                == expected_messages(answer, app.settings.slack.max_message_len)
+            )
+        )
+        assert ws.api.count("chat.update") >= 2  # the refused edit, and later ones
+
+
+async def test_a_long_answer_is_split_with_nothing_lost(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot(EDGEQA_SLACK__MAX_MESSAGE_LEN="100", EDGEQA_ENGINE__MAX_TOKENS="96") as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> tell me a long story")
+        [answer] = await answered(app, key(ws, CHANNEL, asked.ts))
+        assert len(answer) > 100
+        await eventually(
+            lambda: thread_texts(ws, CHANNEL, asked.ts) == expected_messages(answer, 100)
+        )
+        assert len(ws.api.bot_messages(CHANNEL, asked.ts)) >= 2
+
+
+async def test_slash_commands_and_refusals(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot() as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> something to count")
+        thread = key(ws, CHANNEL, asked.ts)
+        await answered(app, thread)
+        envelope_id, rid = await ws.slash("stats", user=ADMIN)
+        await ws.socket.wait_ack(envelope_id, within=3.0)
+        stats = await ws.ephemeral(rid)
+        assert "Conversations: 1" in stats["text"] and stats["response_type"] == "ephemeral"
+        for command in ("stats", "reset-all", "forget <@U0ALICE|alice>"):
+            envelope_id, rid = await ws.slash(command, user="U0MALLORY")
+            await ws.socket.wait_ack(envelope_id, within=3.0)
+            refusal = await ws.ephemeral(rid)
+            assert "admins only" in refusal["text"]
+            assert refusal["response_type"] == "ephemeral"
+        assert len(await answers(app, thread)) == 1  # nothing changed
+        _, rid = await ws.slash("forget <@U0ALICE|alice>", user=ADMIN)
+        assert "deleted 1" in (await ws.ephemeral(rid))["text"]
+        assert await answers(app, thread) == []
+
+
+async def test_bot_messages_are_ignored(bot: Start, ws: SlackWorkspace) -> None:
+    async with bot() as app:
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> hi")
+        thread = key(ws, CHANNEL, asked.ts)
+        await answered(app, thread)
+        other = await ws.say(
+            CHANNEL, f"<@{ws.bot}> I am a bot", user="U0OTHERBOT", bot_id="B0OTHER"
+        )
+        await ws.say(CHANNEL, "bot chatter", thread_ts=asked.ts, bot_id="B0OTHER")
+        await settle(1.0)
+        assert ws.api.bot_messages(CHANNEL, other.ts) == []
+        assert len(await answers(app, thread)) == 1
+        # Its own posts and edits came back as events too, and were ignored.
+        assert len(ws.api.bot_messages(CHANNEL, asked.ts)) == 1
