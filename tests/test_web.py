@@ -44,12 +44,9 @@ async def test_answer_streams_to_every_tab_of_its_thread_only() -> None:
 
         for tab in (tab1, tab2):
             events = await tab.until(lambda e: e["type"] == "done")
-            assert events[0] == {
-                "type": "question",
-                "id": question_id,
-                "text": "why?",
-                "seq": events[0]["seq"],
-            }
+            first = events[0]
+            assert (first["type"], first["id"], first["text"]) == ("question", question_id, "why?")
+            assert {e["thread"] for e in events} == {"thread-a"}
             replies = [e for e in events if e["type"] == "reply"]
             texts = [e["text"] for e in replies]
             assert len(set(texts)) == len(STEPS)  # grew in several steps
@@ -68,6 +65,27 @@ async def test_answer_streams_to_every_tab_of_its_thread_only() -> None:
         await ask(client, "thread-b", "and you?")
         first = await other.next()
         assert first["type"] == "question" and first["text"] == "and you?"
+
+
+async def test_one_stream_per_browser_carries_all_its_threads_and_no_other_browser() -> None:
+    async with (
+        web_server() as (_adapter, _core, client),
+        subscribed(client, None) as mine,
+        subscribed(client, None, browser="browser-0002") as theirs,
+    ):
+        await ask(client, "thread-a", "one?")
+        await mine.until(lambda e: e["type"] == "done")
+        await ask(client, "thread-b", "two?")
+        await mine.until(lambda e: e["type"] == "done")
+        assert {(e["thread"], e["type"]) for e in mine.seen if e["type"] == "question"} == {
+            ("thread-a", "question"),
+            ("thread-b", "question"),
+        }
+        await client.post(
+            "/api/ask", json={"browser": "browser-0002", "thread": "thread-a", "text": "x"}
+        )
+        first = await theirs.next()
+        assert first["type"] == "question" and first["text"] == "x"
 
 
 async def test_reload_mid_answer_shows_the_partial_answer_then_the_stored_turn() -> None:

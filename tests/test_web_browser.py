@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from adapters.web import WebChatAdapter
 from tests.test_web_support import STEPS, ScriptedCore, web_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -59,15 +61,24 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
+@dataclass
+class Chat:
+    page: Page
+    core: ScriptedCore
+    adapter: WebChatAdapter
+    url: str
+
+
 @pytest_asyncio.fixture(loop_scope="module")
-async def chat(browser: Browser) -> AsyncIterator[tuple[Page, ScriptedCore]]:
-    async with web_server() as (_adapter, core, client):
+async def chat(browser: Browser) -> AsyncIterator[Chat]:
+    async with web_server() as (adapter, core, client):
         context = await browser.new_context()
         page = await context.new_page()
         errors: list[Any] = []
-        page.on("pageerror", lambda error: errors.append(error))
-        await page.goto(str(client.make_url("/")))
-        yield page, core
+        context.on("weberror", lambda error: errors.append(error.error))
+        url = str(client.make_url("/"))
+        await page.goto(url)
+        yield Chat(page, core, adapter, url)
         await context.close()
         assert errors == []
 
@@ -79,9 +90,9 @@ async def ask(page: Page, text: str, pane: int = 0) -> None:
 
 
 async def test_the_answer_grows_on_screen_and_is_there_after_reload(
-    chat: tuple[Page, ScriptedCore],
+    chat: Chat,
 ) -> None:
-    page, _core = chat
+    page = chat.page
     await expect(page.locator(".pane .conn.live")).to_have_count(1)
     await page.evaluate(RECORDER)
     await ask(page, "why is the sky blue?")
@@ -105,9 +116,9 @@ async def test_the_answer_grows_on_screen_and_is_there_after_reload(
 
 
 async def test_a_reload_in_the_middle_of_an_answer_picks_it_up(
-    chat: tuple[Page, ScriptedCore],
+    chat: Chat,
 ) -> None:
-    page, core = chat
+    page, core = chat.page, chat.core
     core.gate = asyncio.Event()
     await ask(page, "long one")
     await expect(page.locator(".msg.bot")).to_contain_text("grows")
@@ -122,8 +133,8 @@ async def test_a_reload_in_the_middle_of_an_answer_picks_it_up(
     await expect(page.locator(".msg.bot")).to_have_count(1)
 
 
-async def test_two_threads_side_by_side_do_not_mix(chat: tuple[Page, ScriptedCore]) -> None:
-    page, _core = chat
+async def test_two_threads_side_by_side_do_not_mix(chat: Chat) -> None:
+    page = chat.page
     await page.click("#new-thread")
     await expect(page.locator(".pane")).to_have_count(2)
     await expect(page.locator(".pane .conn.live")).to_have_count(2)
@@ -146,9 +157,9 @@ async def test_two_threads_side_by_side_do_not_mix(chat: tuple[Page, ScriptedCor
 
 
 async def test_reset_typed_into_the_box_clears_the_thread(
-    chat: tuple[Page, ScriptedCore],
+    chat: Chat,
 ) -> None:
-    page, _core = chat
+    page = chat.page
     await ask(page, "remember me")
     await expect(page.locator('.exchange[data-done="true"]')).to_have_count(1)
     await ask(page, "/reset")
@@ -160,8 +171,8 @@ async def test_reset_typed_into_the_box_clears_the_thread(
     await expect(page.locator(".msg")).to_have_count(0)
 
 
-async def test_untrusted_text_never_becomes_markup(chat: tuple[Page, ScriptedCore]) -> None:
-    page, _core = chat
+async def test_untrusted_text_never_becomes_markup(chat: Chat) -> None:
+    page = chat.page
     evil = '<img src=x onerror="window.__pwned=1"> [x](javascript:alert(1))'
     await ask(page, evil)
     bot = page.locator(".msg.bot")
@@ -173,9 +184,9 @@ async def test_untrusted_text_never_becomes_markup(chat: tuple[Page, ScriptedCor
 
 
 async def test_final_answers_render_a_safe_subset_of_markdown(
-    chat: tuple[Page, ScriptedCore],
+    chat: Chat,
 ) -> None:
-    page, _core = chat
+    page = chat.page
     markdown = (
         "# Title\n\nSome **bold**, _italic_, snake_case_name and `x < y`.\n\n"
         "- one\n- two\n\n1. first\n2. second\n\n"
@@ -204,3 +215,27 @@ async def test_final_answers_render_a_safe_subset_of_markdown(
     assert shape["links"] == ["https://example.com/a"]
     assert shape["i"] == [] and "<i>raw</i>" in shape["text"]
     assert "snake_case_name" in shape["text"]
+
+
+async def test_tabs_of_one_browser_share_one_stream_and_see_each_others_answers(
+    chat: Chat,
+) -> None:
+    first = chat.page
+    await ask(first, "asked in the first tab")
+    await expect(first.locator('.exchange[data-done="true"]')).to_have_count(1)
+
+    second = await first.context.new_page()
+    await second.goto(chat.url)
+    await expect(second.locator(".pane")).to_have_count(1)  # its own new thread
+    await expect(second.locator(".pane .conn.live")).to_have_count(1)
+    await second.locator("#threads button", has_text="asked in the first tab").click()
+    await expect(second.locator(".pane")).to_have_count(2)
+    shared = second.locator(".pane").nth(1)
+    await expect(shared.locator(".msg.user")).to_have_text("asked in the first tab")
+
+    chat.core.gate = asyncio.Event()
+    await ask(first, "and a second question")
+    await expect(shared.locator(".msg.bot").nth(1)).to_contain_text("grows")  # live, mid-answer
+    assert chat.adapter.state.subscriber_count == 1  # one connection for both tabs
+    chat.core.gate.set()
+    await expect(shared.locator(".msg.bot").nth(1)).to_have_attribute("data-final", "true")

@@ -137,11 +137,14 @@ class EventStream:
 
 @asynccontextmanager
 async def subscribed(
-    client: TestClient[web.Request, web.Application], thread: str, **headers: str
+    client: TestClient[web.Request, web.Application],
+    thread: str | None,
+    browser: str = BROWSER,
+    **headers: str,
 ) -> AsyncIterator[EventStream]:
-    response = await client.get(
-        "/api/events", params={"browser": BROWSER, "thread": thread}, headers=headers
-    )
+    """The event stream of one thread, or of all the browser's threads (`thread` None)."""
+    params = {"browser": browser} | ({"thread": thread} if thread else {})
+    response = await client.get("/api/events", params=params, headers=headers)
     assert response.status == 200, await response.text()
     stream = EventStream(response)
     assert (await stream.next())["type"] == "hello"

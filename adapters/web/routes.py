@@ -36,6 +36,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_TEXT_CHARS = 32_000  # above bot.max_question_chars so the core explains a long question
 MAX_BODY_BYTES = 4 * MAX_TEXT_CHARS + 1024
 MAX_RUNNING_PER_THREAD = 8
+MAX_STREAMS = 256  # open event streams, all browsers together
 COOKIE = "edgeqa_web"
 HEARTBEAT_SECONDS = 15.0
 STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
@@ -221,11 +222,16 @@ class WebRoutes:
         return web.json_response(payload, headers=SECURITY_HEADERS)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        key = _key(request.query.get("browser"), request.query.get("thread"))
-        if key is None:
+        """All threads of a browser (the page: one stream per browser, shared by its tabs),
+        or one thread with `&thread=`."""
+        browser, thread = request.query.get("browser"), request.query.get("thread")
+        if _key(browser, thread if thread is not None else browser) is None:
             return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+        assert browser is not None
         state = self.adapter.state
-        subscriber = state.subscribe(key)
+        if state.subscriber_count >= MAX_STREAMS:
+            return _error(503, "too many open event streams")
+        subscriber = state.subscribe(browser, thread)
         response = web.StreamResponse(
             headers={
                 **SECURITY_HEADERS,
@@ -242,10 +248,10 @@ class WebRoutes:
                 if frames is None:
                     break
                 await response.write("".join(frames).encode() if frames else b": ping\n\n")
-        except (ConnectionResetError, ConnectionError):
-            log.debug("an event stream of %s went away", key)
+        except ConnectionError:
+            log.debug("an event stream of browser %s went away", browser)
         finally:
-            state.unsubscribe(key, subscriber)
+            state.unsubscribe(subscriber)
         return response
 
 

@@ -3,8 +3,9 @@
 Stored turns come from the core (`handler.history`); this keeps only what storage does not
 have yet — the question being answered and its reply as it grows — so a tab that opens or
 reloads mid-answer catches up. An exchange is dropped as soon as its `handle()` task ends (by
-then the core has stored the turn) and a thread as soon as nobody watches it and nothing runs
-in it, so memory follows what is live, not what was ever said.
+then the core has stored the turn) and a thread as soon as nothing runs in it, so memory
+follows what is live, not what was ever said. Streams are per browser (its tabs share one
+through a SharedWorker, see static/events.js), and every event names its thread.
 
 Every event carries a global sequence number; a page that fetched a snapshot ignores older
 events for the same message, which makes "subscribe, then fetch" free of races.
@@ -28,9 +29,11 @@ NOTICE = "notice-"  # exchange ids of messages that answer no question of this p
 
 
 class Subscriber:
-    """One open event stream (one browser tab showing one thread)."""
+    """One open event stream: all threads of a browser (`thread` None), or just one."""
 
-    def __init__(self) -> None:
+    def __init__(self, browser: str, thread: str | None) -> None:
+        self.browser = browser
+        self.thread = thread
         self._frames: deque[str] = deque()
         self._wake = asyncio.Event()
         self.closed = False
@@ -95,7 +98,6 @@ class Exchange:
 
 @dataclass
 class Thread:
-    subscribers: set[Subscriber] = field(default_factory=set)
     exchanges: dict[str, Exchange] = field(default_factory=dict)
 
 
@@ -104,6 +106,7 @@ class LiveState:
 
     def __init__(self) -> None:
         self._threads: dict[ConversationKey, Thread] = {}
+        self._subscribers: dict[str, set[Subscriber]] = {}  # browser id -> its streams
         self._finished: deque[tuple[int, ConversationKey, Exchange]] = deque(maxlen=RECENT)
         self._seq = 0
 
@@ -115,6 +118,10 @@ class LiveState:
     @property
     def thread_count(self) -> int:
         return len(self._threads)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
 
     def running(self, key: ConversationKey) -> int:
         thread = self._threads.get(key)
@@ -131,33 +138,36 @@ class LiveState:
         return thread
 
     def publish(self, key: ConversationKey, event: dict[str, Any]) -> None:
-        thread = self._threads.get(key)
-        if thread is None or not thread.subscribers:
+        subscribers = self._subscribers.get(key.channel)
+        if not subscribers:
             return
+        event["thread"] = key.thread
         frame = "data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n\n"
-        for subscriber in list(thread.subscribers):
-            subscriber.push(frame)
-            if subscriber.closed:
-                thread.subscribers.discard(subscriber)
+        for subscriber in list(subscribers):
+            if subscriber.thread is None or subscriber.thread == key.thread:
+                subscriber.push(frame)
+                if subscriber.closed:
+                    self.unsubscribe(subscriber)
 
     # --- subscribers ---------------------------------------------------------------------
 
-    def subscribe(self, key: ConversationKey) -> Subscriber:
-        subscriber = Subscriber()
-        self._thread(key).subscribers.add(subscriber)
+    def subscribe(self, browser: str, thread: str | None = None) -> Subscriber:
+        subscriber = Subscriber(browser, thread)
+        self._subscribers.setdefault(browser, set()).add(subscriber)
         return subscriber
 
-    def unsubscribe(self, key: ConversationKey, subscriber: Subscriber) -> None:
-        thread = self._threads.get(key)
-        if thread is not None:
-            thread.subscribers.discard(subscriber)
-            self._forget_if_idle(key)
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscribers = self._subscribers.get(subscriber.browser)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[subscriber.browser]
 
     def close_all(self) -> None:
-        for thread in self._threads.values():
-            for subscriber in thread.subscribers:
+        for subscribers in list(self._subscribers.values()):
+            for subscriber in subscribers:
                 subscriber.close()
-            thread.subscribers.clear()
+        self._subscribers.clear()
 
     # --- exchanges -----------------------------------------------------------------------
 
@@ -268,5 +278,5 @@ class LiveState:
 
     def _forget_if_idle(self, key: ConversationKey) -> None:
         thread = self._threads.get(key)
-        if thread is not None and not thread.subscribers and not thread.exchanges:
+        if thread is not None and not thread.exchanges:
             del self._threads[key]

@@ -1,7 +1,8 @@
-// The browser chat. Each pane is one thread: an EventSource on /api/events brings every
-// question, reply edit and progress report of the thread (for all tabs showing it), and
-// /api/history rebuilds the pane on load, on reconnect and after a command. Every event has
-// a sequence number so a reply's older text never overwrites a newer one.
+// The browser chat. Each pane is one thread. One event stream per browser (/api/events,
+// shared by the tabs through the SharedWorker in events.js) brings every question, reply
+// edit and progress report of the browser's threads; each pane takes its thread's events,
+// and /api/history rebuilds a pane on load, on reconnect and after a command. Every event
+// has a sequence number so a reply's older text never overwrites a newer one.
 // Text from the server is only ever set through textContent (or renderMarkdown, which does
 // the same), never as HTML.
 "use strict";
@@ -126,27 +127,27 @@
       this.root.querySelector(".stop").addEventListener("click", () => this.submit("/stop"));
       this.root.querySelector(".close").addEventListener("click", () => this.close());
       panesEl.append(this.root);
-      this.connect();
-    }
-
-    connect() {
-      this.source = new EventSource(api("/api/events", { thread: this.id }));
-      this.source.onmessage = (e) => this.onEvent(JSON.parse(e.data));
-      this.source.onerror = () => this.connEl.classList.remove("live");
+      if (hub.live) this.onHello();
     }
 
     close() {
-      this.source.close();
       this.root.remove();
       panes.delete(this.id);
       savePanes();
     }
 
+    // The stream is (re)connected: events may have been missed, so rebuild.
+    onHello() {
+      this.setLive(true);
+      this.sync();
+    }
+
+    setLive(live) {
+      this.connEl.classList.toggle("live", live);
+    }
+
     onEvent(ev) {
-      if (ev.type === "hello") {
-        this.connEl.classList.add("live");
-        this.sync();
-      } else if (this.buffer) {
+      if (this.buffer) {
         this.buffer.push(ev);
       } else {
         this.apply(ev);
@@ -345,6 +346,48 @@
     return `${ev.tokens} tokens${speed}`;
   }
 
+  // --- the event stream --------------------------------------------------------------
+
+  const hub = {
+    live: false,
+
+    start() {
+      const url = api("/api/events", {});
+      if (window.SharedWorker) {
+        try {
+          const worker = new SharedWorker("/assets/events.js", { name: `edgeqa-${browserId}` });
+          const port = worker.port;
+          port.onmessage = (m) => this.receive(m.data);
+          port.start();
+          port.postMessage({ type: "start", url });
+          window.addEventListener("pagehide", () => port.postMessage({ type: "bye" }));
+          window.addEventListener("pageshow", (e) => {
+            if (e.persisted) port.postMessage({ type: "start", url });
+          });
+          return;
+        } catch (err) {
+          console.warn("no shared event stream; this tab opens its own", err);
+        }
+      }
+      const source = new EventSource(url);
+      source.onmessage = (e) => this.receive(JSON.parse(e.data));
+      source.onerror = () => this.receive({ type: "down" });
+    },
+
+    receive(ev) {
+      if (ev.type === "hello") {
+        this.live = true;
+        for (const pane of panes.values()) pane.onHello();
+      } else if (ev.type === "down") {
+        this.live = false;
+        for (const pane of panes.values()) pane.setLive(false);
+      } else {
+        const pane = panes.get(ev.thread);
+        if (pane) pane.onEvent(ev);
+      }
+    },
+  };
+
   // --- start ---------------------------------------------------------------------------
 
   document.getElementById("new-thread").addEventListener("click", () => {
@@ -359,6 +402,7 @@
     tabThread = newId();
     sessionStorage.setItem(TAB_THREAD, tabThread);
   }
+  hub.start();
   const open = stored(sessionStorage, TAB_PANES, [tabThread]);
   for (const id of open) if (/^[0-9a-f]{24}$/.test(id)) openPane(id, false);
   savePanes();
