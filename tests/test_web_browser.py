@@ -1,6 +1,9 @@
-"""The browser chat page in real headless Chromium (Debian's /usr/bin/chromium via Playwright),
-against the adapter on a scripted core: answers grow on screen, survive a reload, and two
-threads side by side keep to themselves. One Chromium per module; a fresh profile per test."""
+"""The browser chat page in real headless Chromium (Debian's /usr/bin/chromium via Playwright).
+
+Most tests run the adapter on a scripted core (to pause an answer midway, or script its
+text): answers grow on screen, survive a reload, two threads side by side keep to
+themselves, tabs share one stream. The last one runs the whole bot — the real core,
+SQLite and llama.cpp on the tiny model. One Chromium per module; a fresh profile per test."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from adapters.web import WebChatAdapter
+from bot.types import ConversationKey
+from tests.harness import running_app, test_settings
 from tests.test_web_support import STEPS, ScriptedCore, web_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -239,3 +245,61 @@ async def test_tabs_of_one_browser_share_one_stream_and_see_each_others_answers(
     assert chat.adapter.state.subscriber_count == 1  # one connection for both tabs
     chat.core.gate.set()
     await expect(shared.locator(".msg.bot").nth(1)).to_have_attribute("data-final", "true")
+
+
+async def test_end_to_end_through_the_real_core_and_llama_cpp(
+    browser: Browser, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Type a question, watch tokens arrive, reload: the stored turn is there; /reset clears it.
+    The tiny model writes random-looking text, so the page is compared with what was stored."""
+    pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
+    settings = test_settings(
+        tmp_path,
+        tiny_model_path,
+        EDGEQA_ENGINE__MAX_TOKENS="200",
+        # The tiny model writes 200 tokens in a blink; edit often enough to see them grow.
+        EDGEQA_WEB__EDIT_INTERVAL="0.001",
+    )
+    async with running_app(settings, [WebChatAdapter(settings)]) as app:
+        context = await browser.new_context()
+        errors: list[Any] = []
+        context.on("weberror", lambda error: errors.append(error.error))
+        page = await context.new_page()
+        await page.goto(f"http://127.0.0.1:{app.port}/")
+        await expect(page.locator(".pane .conn.live")).to_have_count(1)
+        await page.evaluate(RECORDER)
+        await ask(page, "What is the capital of France?")
+        await expect(page.locator('.exchange[data-done="true"]')).to_have_count(1, timeout=60_000)
+
+        browser_id, thread = await page.evaluate(
+            "[localStorage.getItem('edgeqa.browser'), sessionStorage.getItem('edgeqa.thread')]"
+        )
+        key = ConversationKey("web", "", browser_id, thread)
+        [turn] = await app.repo.load_history(key)
+        assert turn.question == "What is the capital of France?" and turn.answer
+        streamed = [t for t in await page.evaluate("window.__seen") if t]
+        growing = [t for t in streamed if turn.answer.startswith(t) and t != turn.answer]
+        assert len(set(growing)) >= 2, streamed  # tokens arrived in several steps
+        meta: list[str] = await page.evaluate("window.__meta")
+        assert any("tokens/s" in m for m in meta)
+        # What the page shows at the end is the stored answer, rendered.
+        rendered = await page.evaluate(
+            "(t) => { const d = document.createElement('div');"
+            " window.renderMarkdown(d, t); return d.textContent; }",
+            turn.answer,
+        )
+        await expect(page.locator(".msg.bot")).to_have_text(rendered)
+
+        await page.reload()
+        await expect(page.locator(".msg.user")).to_have_text(turn.question)
+        await expect(page.locator(".msg.bot")).to_have_text(rendered)
+
+        await ask(page, "/reset")
+        await expect(page.locator(".msg.user")).to_have_text(["/reset"])
+        await expect(page.locator(".msg.bot")).to_contain_text(["forgotten this thread"])
+        assert await app.repo.load_history(key) == []
+        await page.reload()
+        await expect(page.locator(".pane")).to_have_count(1)
+        await expect(page.locator(".msg")).to_have_count(0)
+        await context.close()
+        assert errors == []
