@@ -42,6 +42,7 @@ async def ws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
     await workspace.start()
     yield workspace
     await workspace.close()
+    assert workspace.socket.bad_acks == []  # every ack named an envelope, once
 
 
 @pytest.fixture
@@ -247,3 +248,27 @@ async def test_bot_messages_are_ignored(bot: Start, ws: SlackWorkspace) -> None:
         assert len(await answers(app, thread)) == 1
         # Its own posts and edits came back as events too, and were ignored.
         assert len(ws.api.bot_messages(CHANNEL, asked.ts)) == 1
+
+
+async def test_outside_the_allow_list_is_ignored(bot: Start, ws: SlackWorkspace) -> None:
+    allowed = {
+        "EDGEQA_SLACK__ALLOWED_CHATS": f"{CHANNEL},{DM}",
+        "EDGEQA_SLACK__ALLOWED_USERS": "U0ALICE",
+    }
+    async with bot(**allowed) as app:
+        elsewhere = await ws.say("C0SECRET", f"<@{ws.bot}> hello?")
+        stranger = await ws.say(CHANNEL, f"<@{ws.bot}> me too?", user="U0MALLORY")
+        await ws.say("D0MALLORY", "", user="U0MALLORY", subtype="file_share", files=[{"id": "F1"}])
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> and me?")
+        await answered(app, key(ws, CHANNEL, asked.ts))
+        await settle()
+        assert ws.api.bot_messages("C0SECRET") == []
+        assert ws.api.bot_messages(CHANNEL, stranger.ts) == []
+        assert ws.api.bot_messages("D0MALLORY") == []  # not even the note about files
+        assert await answers(app, key(ws, "C0SECRET", elsewhere.ts)) == []
+        # An allowed user's file without text gets a short note, not an answer.
+        await ws.say(DM, "", subtype="file_share", files=[{"id": "F2"}])
+        await eventually(
+            lambda: any("in words" in m.text for m in ws.api.main_line(DM) if m.is_bot)
+        )
+        assert await answers(app, key(ws, DM, "")) == []

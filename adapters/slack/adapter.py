@@ -33,7 +33,6 @@ from bot.types import ConversationKey, IncomingMessage, MessageRef
 log = logging.getLogger(__name__)
 
 SLACK_API = "https://slack.com/api/"
-FILE_ONLY_NOTE = "I can only read text for now — please type your question."
 # Said to the bot (after the mention), these words are the commands of the same name: Slack
 # keeps "/reset" for its own slash commands, and those cannot be used inside threads.
 WORD_COMMANDS = {"help", "reset", "stop"}
@@ -193,13 +192,9 @@ class SlackAdapter:
         if not self._seen.add((key.channel, event.get("ts"))):
             return  # the same message as both app_mention and message event, or a retry
         user = str(event.get("user", ""))
+        # An empty text (a file alone, a bare mention) still goes to the core, which checks
+        # access and answers with a short note asking for words.
         text = to_plain(str(event.get("text", "")), self.bot_user_id)
-        if not text and event.get("files"):
-            if self._allowed(user, key.channel):
-                self._spawn(self._sender.send(key, FILE_ONLY_NOTE, final=True))
-            return
-        if not text:
-            return
         if text.lower().lstrip("/") in WORD_COMMANDS:
             text = "/" + text.lower().lstrip("/")
         self.remember_asker(key, user)
@@ -211,12 +206,6 @@ class SlackAdapter:
         recipients[(key.channel, key.thread)] = user
         if len(recipients) > 10_000:
             del recipients[next(iter(recipients))]
-
-    def _allowed(self, user: str, channel: str) -> bool:
-        section = self._settings
-        return (not section.allowed_users or user in section.allowed_users) and (
-            not section.allowed_chats or channel in section.allowed_chats
-        )
 
     def _spawn(self, coro: Any) -> None:
         async def run() -> None:
