@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
+from pydantic import SecretStr
 
 from adapters.web import WebChatAdapter
 from bot.types import ConversationKey
 from tests.harness import running_app, test_settings
-from tests.test_web_support import STEPS, ScriptedCore, web_server
+from tests.test_web_support import STEPS, ScriptedCore, web_server, web_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -245,6 +246,23 @@ async def test_tabs_of_one_browser_share_one_stream_and_see_each_others_answers(
     assert chat.adapter.state.subscriber_count == 1  # one connection for both tabs
     chat.core.gate.set()
     await expect(shared.locator(".msg.bot").nth(1)).to_have_attribute("data-final", "true")
+
+
+async def test_with_a_token_the_page_needs_one_login_visit(browser: Browser) -> None:
+    settings = web_settings(web_token=SecretStr("page-token-123"))
+    async with web_server(settings) as (_adapter, _core, client):
+        context = await browser.new_context()
+        page = await context.new_page()
+        refused = await page.goto(str(client.make_url("/")))
+        assert refused is not None and refused.status == 401
+        await page.goto(str(client.make_url("/?token=page-token-123")))
+        assert page.url == str(client.make_url("/"))  # the token left the address bar
+        await expect(page.locator(".pane .conn.live")).to_have_count(1)
+        await ask(page, "behind a token")
+        await expect(page.locator(".msg.bot")).to_have_attribute("data-final", "true")
+        await page.reload()
+        await expect(page.locator(".msg.user")).to_have_text("behind a token")
+        await context.close()
 
 
 async def test_end_to_end_through_the_real_core_and_llama_cpp(

@@ -53,9 +53,8 @@ class WebChatAdapter:
 
     async def start(self, handler: CoreHandler) -> None:
         self.handler = handler
-        log.info(
-            "browser chat ready on http://%s:%s/", self.settings.web.host, self.settings.web.port
-        )
+        login = " (open /?token=<EDGEQA_WEB_TOKEN> once)" if self.routes.token else ""
+        log.info("browser chat ready at / on the HTTP server%s", login)
 
     async def stop(self) -> None:
         """End the event streams (so the HTTP server can shut down) and the running questions."""
