@@ -15,6 +15,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -112,6 +113,8 @@ class SlackAdapter:
             auth = await self._client.auth_test()
         except SlackApiError as exc:
             raise StartError(f"slack auth.test failed: {exc.response.get('error')}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StartError(f"slack API unreachable: {type(exc).__name__}: {exc}") from exc
         self.bot_user_id = str(auth.get("user_id", ""))
         self.team_id = self._sender.team_id = str(auth.get("team_id", ""))
         self._handler = handler
@@ -197,11 +200,11 @@ class SlackAdapter:
         text = to_plain(str(event.get("text", "")), self.bot_user_id)
         if text.lower().lstrip("/") in WORD_COMMANDS:
             text = "/" + text.lower().lstrip("/")
-        self.remember_asker(key, user)
+        self._remember_asker(key, user)
         msg = IncomingMessage(key=key, user_id=user, text=text, message_id=str(event["ts"]), **kw)
         self._dispatch(msg)
 
-    def remember_asker(self, key: ConversationKey, user: str) -> None:
+    def _remember_asker(self, key: ConversationKey, user: str) -> None:
         recipients = self._sender.recipients
         recipients[(key.channel, key.thread)] = user
         if len(recipients) > 10_000:
