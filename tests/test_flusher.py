@@ -4,6 +4,7 @@ adapter, since the flusher's contract is about which sends/edits happen and when
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -43,7 +44,7 @@ async def test_first_text_goes_out_then_edits_keep_the_cadence() -> None:
     assert chat.messages() == ["".join(pieces)]
     # ~0.6 s of tokens at one edit per 0.1 s: a handful of edits, not 60.
     assert 3 <= len(writes) <= 12
-    gaps = [b.at - a.at for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(writes)]
     assert min(gaps) >= 0.1 * 0.9
     assert writes[-1].final and not any(w.final for w in writes[:-1])
 
