@@ -41,12 +41,14 @@ def build_prompt(
     fixed = count([*system, question_msg])
 
     turns = [t for t in history if t.status in USABLE_STATUSES and t.answer]
-    empty_cost = count([])
+    # Templates may not accept an empty list (Qwen's reads messages[0]), so a pair's cost is
+    # measured next to the system prompt; without one it includes the template's overhead.
+    system_cost = count(system) if system else 0
     chosen: list[list[ChatMessage]] = []
     spent = fixed
     for turn in reversed(turns):
         pair = [ChatMessage("user", turn.question), ChatMessage("assistant", turn.answer)]
-        cost = count(pair) - empty_cost
+        cost = count([*system, *pair]) - system_cost
         if spent + cost > budget:
             break
         chosen.append(pair)

@@ -11,7 +11,10 @@ from storage.base import Turn
 
 
 def count(messages: Sequence[ChatMessage]) -> int:
-    """A deterministic stand-in tokenizer: one token per word plus 3 per message."""
+    """A deterministic stand-in tokenizer: one token per word plus 3 per message. Like some
+    chat templates (Qwen's), it refuses an empty conversation."""
+    if not messages:
+        raise ValueError("the template reads messages[0]")
     return sum(3 + len(m.content.split()) for m in messages)
 
 
