@@ -17,6 +17,11 @@ from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
 from storage.base import Turn
 
 
+class StartError(Exception):
+    """Something the bot needs could not start (a refused token, a taken port); the message
+    is one line for the operator and never quotes a secret."""
+
+
 class PlatformError(Exception):
     """A send or edit failed in a way worth retrying (5xx, dropped connection)."""
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from adapters.base import PlatformError, StartError
 from bot.config import ConfigError, Settings, load_settings
 from llm.base import ModelError
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args, settings)
-    except ModelError as exc:
+    except (ModelError, StartError, PlatformError) as exc:
         print(f"edgeqa: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from adapters.base import StartError
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,14 @@ class HttpServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartError(
+                f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc} "
+                "(set web.host / web.port, e.g. EDGEQA_WEB__PORT=8081)"
+            ) from None
         for server in self._runner.addresses:
             self.port = server[1]
             break

@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterLimits, CoreHandler
+from adapters.base import StartError as BaseStartError
 from adapters.slack.render import mentions, to_mrkdwn, to_plain
 from adapters.slack.sender import SlackSender
 from bot.config import Settings
@@ -47,7 +48,7 @@ _HANDLED_SUBTYPES = {None, "thread_broadcast", "file_share"}
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 
 
-class StartError(RuntimeError):
+class StartError(BaseStartError):
     """Slack refused the tokens (or is unreachable) while starting."""
 
 
