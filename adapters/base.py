@@ -34,6 +34,11 @@ class RateLimited(PlatformError):
         self.retry_after = retry_after
 
 
+class Refused(PlatformError):
+    """The platform refused for good (the message was deleted, the bot left the chat, it was
+    blocked): retrying the same call will not help."""
+
+
 class MessageTooLong(PlatformError):
     """The platform refused the text as too long even though we kept under `max_message_len`."""
 

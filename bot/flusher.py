@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from adapters.base import Adapter, MessageTooLong, PlatformError, RateLimited, ShowsProgress
+from adapters.base import (
+    Adapter,
+    MessageTooLong,
+    PlatformError,
+    RateLimited,
+    Refused,
+    ShowsProgress,
+)
 from bot.types import ConversationKey, MessageRef, Progress
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ class DeliveryFailed(Exception):
 class _Outcome(enum.Enum):
     DONE = "done"  # the platform shows the text
     SKIPPED = "skipped"  # a streaming update was dropped (rate limited); try later
-    RESPLIT = "resplit"  # too long for the platform after all; the limit was lowered
+    RESPLIT = "resplit"  # the platform wants it otherwise (shorter, or as a new message)
 
 
 @dataclass(slots=True)
@@ -46,6 +53,7 @@ class _Message:
     ref: MessageRef | None = None
     shown: str = ""  # what the platform currently shows
     final: bool = False
+    replaced: bool = False  # an edit was refused and a new message was sent instead
 
 
 def split_point(text: str, limit: int) -> int:
@@ -249,6 +257,13 @@ class StreamFlusher:
         except RateLimited as exc:  # only raised for disposable updates (deadline None)
             self._next_edit_at = self._clock() + exc.retry_after
             return _Outcome.SKIPPED
+        except Refused as exc:
+            if ref is None or message.replaced:
+                raise DeliveryFailed(f"{self._key} refused the message: {exc}") from exc
+            # The message is gone (deleted by someone?): post the text as a new one.
+            log.info("editing a message in %s was refused (%s); sending a new one", self._key, exc)
+            message.ref, message.shown, message.replaced = None, "", True
+            return _Outcome.RESPLIT
         except MessageTooLong as exc:
             if len(text) <= MIN_PIECE:
                 raise DeliveryFailed(f"{self._key} refuses even short messages: {exc}") from exc
@@ -274,7 +289,7 @@ class StreamFlusher:
                 if deadline is None:
                     raise
                 wait = exc.retry_after
-            except MessageTooLong:
+            except (MessageTooLong, Refused):
                 raise
             except PlatformError as exc:
                 if deadline is None:

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from adapters.base import AdapterLimits, PlatformError, RateLimited
+from adapters.base import AdapterLimits, PlatformError, RateLimited, Refused
 from bot.flusher import DeliveryFailed, StreamFlusher, split_point
 from bot.types import ConversationKey
 from tests.doubles import RecordingAdapter
@@ -158,3 +158,25 @@ def test_split_point_prefers_line_and_word_boundaries() -> None:
     assert split_point(text, 100) == 61
     assert split_point("x" * 150, 100) == 100
     assert split_point("short", 100) == 5
+
+
+async def test_a_deleted_message_is_replaced_by_a_new_one() -> None:
+    chat = adapter(interval=0.01)
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("first part ")
+    await asyncio.sleep(0.05)
+    chat.fail("edit", Refused("message_not_found"))  # someone deleted it meanwhile
+    flusher.feed("and the rest")
+    await flusher.finish("first part and the rest")
+    assert chat.messages()[-1] == "first part and the rest"
+    assert chat.writes()[-1].final
+
+
+async def test_a_chat_that_refuses_for_good_is_not_retried() -> None:
+    chat = adapter()
+    chat.fail("send", Refused("bot was blocked by the user"))
+    flusher = StreamFlusher(chat, KEY, give_up_after=60)
+    with pytest.raises(DeliveryFailed):
+        await flusher.finish("hello")
+    assert len(chat.refused) == 1  # one try, not 60 s of retries

@@ -16,7 +16,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import MessageTooLong, PlatformError, RateLimited
+from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.slack.budget import EditBudget
 from adapters.slack.render import escape, to_mrkdwn
 from bot.config import SlackSettings
@@ -28,7 +28,7 @@ THINKING = "is thinking…"
 STREAM_APPENDS_PER_MINUTE = 100  # chat.appendStream is Tier 4 (100+ a minute)
 
 
-class SlackRefused(PlatformError):
+class SlackRefused(Refused):
     """Slack answered with an error that retrying the same call will not fix."""
 
     def __init__(self, error: str) -> None:
