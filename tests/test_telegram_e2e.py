@@ -132,7 +132,7 @@ async def test_dm_question_streams_as_a_draft_then_one_final_message(fake, bot) 
     async with bot(EDGEQA_ENGINE__MAX_TOKENS="200") as app:
         fake.user_says(dm, users["alice"], "Tell me about llamas")
         (answer,) = await stored(app, key_of(ALICE))
-    assert (ALICE, "typing") in fake.actions
+    # (No check of "typing…": it is only sent if the first words take a moment to come.)
     (drafts,) = fake.drafts.values()
     assert len(set(drafts)) >= 2  # a live draft that grew with the answer...
     assert all(answer.startswith(d) for d in drafts if d != "…")

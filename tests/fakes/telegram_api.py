@@ -240,7 +240,10 @@ class FakeTelegram:
         method = request.match_info["method"]
         if request.match_info["token"] != self.token:
             return _error(ApiError(401, "Unauthorized"))
-        params = await _params(request)
+        try:
+            params = await _params(request)
+        except ConnectionResetError:  # the client gave up mid-request (a cancelled task)
+            return web.Response(status=400)
         self.calls.append((method, params))
         try:
             fault = self._fault(method, params)
