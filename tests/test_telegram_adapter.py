@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.base import MessageTooLong, PlatformError, RateLimited
+from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.telegram import TelegramAdapter
 from bot.config import Settings
 from bot.types import ConversationKey, IncomingMessage, MessageRef
@@ -375,12 +375,16 @@ async def test_send_edit_error_translation(fake, bot) -> None:
     (message,) = fake.bot_messages(10)
     assert message.text == "**final** answer" and message.html is None
 
-    # Deleted by someone while being written: the text comes back as a new message.
+    # Deleted by someone while being written, or the chat is gone: Refused (no retrying;
+    # the core sends the text as a new message instead).
     del fake.messages[10][message.message_id]
-    await adapter.edit(ref, "after deletion")
-    assert final_texts(fake, 10) == ["after deletion"]
-    await adapter.edit(ref, "after deletion, edited", final=True)
-    assert final_texts(fake, 10) == ["after deletion, edited"]
+    with pytest.raises(Refused):
+        await adapter.edit(ref, "after deletion")
+    with pytest.raises(Refused):
+        await adapter.send(ConversationKey("telegram", "", "12345", ""), "nobody here")
+    fake.fail("sendMessage", "forbidden")
+    with pytest.raises(Refused):
+        await adapter.send(key, "blocked by the user", final=True)
 
 
 async def test_429_mid_stream_still_ends_with_the_full_text(fake, bot) -> None:

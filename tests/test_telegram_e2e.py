@@ -191,6 +191,17 @@ async def test_server_errors_and_dropped_connections_lose_nothing(fake, bot) -> 
     assert_shows(replies_to(fake, GROUP, question), answer, 3800)
 
 
+async def test_an_answer_deleted_while_streaming_comes_back_whole(fake, bot) -> None:
+    users = people(fake)
+    group = fake.group(GROUP)
+    fault = fake.fail("editMessageText", "deleted")
+    async with bot(EDGEQA_ENGINE__MAX_TOKENS="150") as app:
+        question = fake.user_says(group, users["alice"], "@edgeqa_bot write something")
+        (answer,) = await stored(app, key_of(GROUP, str(question)))
+    assert fault.hits == 1
+    assert_shows(replies_to(fake, GROUP, question), answer, 3800)
+
+
 async def test_strangers_are_ignored_silently(fake, bot) -> None:
     users = people(fake)
     eve_dm, alice_dm = fake.private_chat(users["eve"]), fake.private_chat(users["alice"])

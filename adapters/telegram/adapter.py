@@ -23,11 +23,25 @@ from typing import Any, TypeVar
 from aiohttp import web
 from telegram import BotCommand, BotCommandScopeChat, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+)
 from telegram.ext import Application, ContextTypes, TypeHandler
 from telegram.warnings import PTBDeprecationWarning
 
-from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError, RateLimited
+from adapters.base import (
+    AdapterLimits,
+    CoreHandler,
+    MessageTooLong,
+    PlatformError,
+    RateLimited,
+    Refused,
+)
 from adapters.telegram.render import render, visible_text
 from adapters.telegram.routing import (
     PLATFORM,
@@ -92,7 +106,6 @@ class TelegramAdapter:
         self._no_drafts: set[int] = set()  # chats where sendMessageDraft was refused
         self._drafts: BoundedMap[tuple[int, int], int] = BoundedMap(5000)  # -> sent message
         self._shown: BoundedMap[tuple[int, int], tuple[str, bool]] = BoundedMap(5000)
-        self._moved: BoundedMap[tuple[int, int], int] = BoundedMap(1000)  # deleted -> resent
         self._recent_updates: deque[int] = deque(maxlen=2000)
         self._streaming: dict[int, dict[str, float]] = {}  # group -> thread -> last write
 
@@ -318,25 +331,16 @@ class TelegramAdapter:
             message_id = sent
         else:
             message_id = int(ref.message_id)
-        message_id = self._moved.get((chat_id, message_id)) or message_id
         if self._shown.get((chat_id, message_id)) == (text, final):
             return  # never send Telegram an unchanged text
-        try:
-            await self._rendered(
-                chat_id,
-                text,
-                final,
-                lambda body, mode: self._app.bot.edit_message_text(
-                    body, chat_id=chat_id, message_id=message_id, parse_mode=mode
-                ),
-            )
-        except BadRequest as exc:
-            if "message to edit not found" not in exc.message.lower():
-                raise self._translate(chat_id, exc) from exc
-            # Someone deleted the answer while it was being written: start it again.
-            new_id = await self._send_message(key, text, final=final, reply=None)
-            self._moved.put((chat_id, message_id), new_id)
-            return
+        await self._rendered(
+            chat_id,
+            text,
+            final,
+            lambda body, mode: self._app.bot.edit_message_text(
+                body, chat_id=chat_id, message_id=message_id, parse_mode=mode
+            ),
+        )
         self._shown.put((chat_id, message_id), (text, final))
         self._wrote(key)
 
@@ -418,8 +422,6 @@ class TelegramAdapter:
         except BadRequest as exc:
             if "message is not modified" in exc.message.lower():
                 return None
-            if "message to edit not found" in exc.message.lower():
-                raise
             raise self._translate(chat_id, exc) from exc
         except TelegramError as exc:
             raise self._translate(chat_id, exc) from exc
@@ -443,6 +445,10 @@ class TelegramAdapter:
             return RateLimited(seconds, "Telegram flood control")
         if isinstance(exc, BadRequest) and "too long" in exc.message.lower():
             return MessageTooLong(exc.message)
-        if isinstance(exc, Forbidden):
-            log.warning("telegram: not allowed to write in chat %s: %s", chat_id, exc)
-        return PlatformError(f"Telegram: {exc}")
+        if isinstance(exc, Forbidden | ChatMigrated | InvalidToken):
+            # Blocked by the user, removed from the group, group upgraded: not worth retrying.
+            log.warning("telegram: may not write in chat %s: %s", chat_id, exc)
+            return Refused(f"Telegram: {exc}")
+        if isinstance(exc, BadRequest):  # deleted message, unknown chat...: the same again
+            return Refused(f"Telegram: {exc}")
+        return PlatformError(f"Telegram: {exc}")  # 5xx, timeouts, dropped connections

@@ -162,7 +162,8 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
 @dataclass
 class Fault:
     method: str
-    kind: str  # retry_after | not_modified | parse_entities | server_error | drop | bad_request
+    kind: str  # retry_after not_modified parse_entities server_error drop bad_request
+    # forbidden deleted
     times: int = 1
     skip: int = 0  # let this many matching calls through first
     chat_id: int | None = None
@@ -296,6 +297,11 @@ class FakeTelegram:
                 )
             if fault.kind == "server_error":
                 raise ApiError(500, "Internal Server Error")
+            if fault.kind == "deleted":  # a user deletes the message just before the edit
+                self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id"), None)
+                raise ApiError(400, "Bad Request: message to edit not found")
+            if fault.kind == "forbidden":
+                raise ApiError(403, "Forbidden: bot was blocked by the user")
             if fault.kind == "bad_request":
                 raise ApiError(400, fault.description or "Bad Request: chat not found")
             return fault
