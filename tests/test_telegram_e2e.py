@@ -27,8 +27,6 @@ from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
 from tests.harness import running_app, test_settings
 
-pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
-
 # PTB itself warns (building RetryAfter) that retry_after will become a timedelta one day.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 

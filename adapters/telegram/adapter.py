@@ -142,7 +142,9 @@ class TelegramAdapter:
             )
         else:
             assert self._app.updater is not None
-            await self._app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
+            await self._app.updater.start_polling(
+                allowed_updates=ALLOWED_UPDATES, error_callback=self._polling_failed
+            )
             await self._app.start()
         self._running = True
         log.info("telegram: @%s connected (%s)", bot.username, self._tg.mode)
@@ -267,6 +269,11 @@ class TelegramAdapter:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _polling_failed(exc: TelegramError) -> None:
+        """PTB retries getUpdates with a growing pause; one line per failure is enough."""
+        log.warning("telegram: getUpdates failed (%s); retrying", exc)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.warning("telegram: error while processing an update: %s", context.error)
