@@ -123,6 +123,7 @@ class BotSettings(Section):
     rate_limit_per_minute: int = Field(10, ge=0)
     max_question_chars: int = Field(8000, ge=100)
     shutdown_grace: Duration = 30.0
+    delivery_timeout: Duration = 120.0
 
 
 class HistorySettings(Section):

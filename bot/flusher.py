@@ -165,6 +165,16 @@ class StreamFlusher:
         async with self._lock:
             await self._sync(final=True, deadline=deadline)
 
+    async def notice(self, text: str) -> bool:
+        """One attempt at a short separate message (after a failed delivery: the platform
+        may be back). True if it was delivered."""
+        try:
+            await self._adapter.send(self._key, text, reply_to=self._reply_to, final=True)
+        except Exception as exc:
+            log.warning("could not post a notice in %s either: %s", self._key, exc)
+            return False
+        return True
+
     async def close(self) -> None:
         """Stop background work without delivering anything more (used on cancellation)."""
         self._stop_typing()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STOPPED_MARK = "\n\n⏹ _(stopped)_"
 INTERRUPTED_MARK = "\n\n⚠️ _(cut short: the bot is restarting)_"
 ERROR_MARK = "\n\n⚠️ _(something went wrong while answering; please ask again)_"
+UNDELIVERED = "⚠️ I couldn't deliver my whole answer here. Please ask again."
 CUT_NOTE = "_(Your message was too long for me, so I read only its beginning and end.)_\n\n"
 
 
@@ -161,12 +162,7 @@ class ConversationService:
         self.metrics.inc("edgeqa_questions_total", platform=msg.key.platform)
         thread = self._threads.setdefault(msg.key, _Thread())
         self._idle.clear()
-        flusher = StreamFlusher(
-            adapter,
-            msg.key,
-            reply_to=msg.message_id,
-            on_edit=lambda: self.metrics.inc("edgeqa_edits_sent_total", platform=adapter.name),
-        )
+        flusher = self._flusher(adapter, msg)
         flusher.start()
         if thread.lock.locked():
             thread.waiting.append(flusher)
@@ -300,15 +296,25 @@ class ConversationService:
         room = self._engine.context_size - self._settings.engine.max_tokens
         return max(64, min(self._settings.bot.context_tokens, room))
 
+    def _flusher(self, adapter: Adapter, msg: IncomingMessage) -> StreamFlusher:
+        return StreamFlusher(
+            adapter,
+            msg.key,
+            reply_to=msg.message_id,
+            give_up_after=self._settings.bot.delivery_timeout,
+            on_edit=lambda: self.metrics.inc("edgeqa_edits_sent_total", platform=adapter.name),
+        )
+
     async def _finish(self, flusher: StreamFlusher, text: str) -> None:
         try:
             await flusher.finish(text)
         except DeliveryFailed as exc:
             self.metrics.inc("edgeqa_delivery_failures_total")
             log.error("could not deliver an answer: %s", exc)
+            await flusher.notice(UNDELIVERED)
 
     async def _reply(self, adapter: Adapter, msg: IncomingMessage, text: str) -> None:
-        await self._finish(StreamFlusher(adapter, msg.key, reply_to=msg.message_id), text)
+        await self._finish(self._flusher(adapter, msg), text)
 
     # -- commands ------------------------------------------------------------------------
 

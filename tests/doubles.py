@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
+from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError
 from bot.types import ConversationKey, MessageRef, Progress
 from llm.base import (
     ChatMessage,
@@ -52,6 +52,7 @@ class RecordingAdapter:
     too_long_over: int | None = None
     progress_seen: list[Progress] = field(default_factory=list)
     refused: list[tuple[str, float]] = field(default_factory=list)  # (kind, when)
+    down: bool = False  # every send and edit fails with a PlatformError while set
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def start(self, handler: CoreHandler) -> None:
@@ -64,6 +65,9 @@ class RecordingAdapter:
         self.faults.setdefault(kind, []).extend(errors)
 
     def _maybe_fail(self, kind: str, text: str) -> None:
+        if self.down:
+            self.refused.append((kind, time.monotonic()))
+            raise PlatformError("503 Service Unavailable")
         queue = self.faults.get(kind)
         if queue:
             self.refused.append((kind, time.monotonic()))

@@ -264,3 +264,24 @@ async def test_shutdown_cuts_answers_after_the_grace_period(tmp_path: Path) -> N
     assert history[0][2] == "interrupted" and history[0][1]
     assert chat.messages()[-1].startswith("I'm restarting")
     assert len(history) == 1
+
+
+async def test_a_platform_down_past_the_bound_loses_nothing_stored(tmp_path: Path) -> None:
+    chat = RecordingAdapter(name="web")
+    settings = test_settings(tmp_path, EDGEQA_BOT__DELIVERY_TIMEOUT="0.3s")
+    async with running_app(settings, [chat], engine=ScriptedEngine(ANSWER)) as app:
+        chat.down = True
+        await app.service.handle(ask("anyone there?"))
+        assert chat.messages() == []
+        assert app.metrics.get("edgeqa_delivery_failures_total") == 1
+        assert await turns(app) == [("anyone there?", ANSWER, "complete")]
+        chat.down = False  # back: the thread goes on, with its history
+        await app.service.handle(ask("and now?"))
+        assert chat.messages() == [ANSWER]
+        engine = app.engine
+        assert isinstance(engine, ScriptedEngine)
+        assert [m.content for m in engine.requests[-1].messages][1:] == [
+            "anyone there?",
+            ANSWER,
+            "and now?",
+        ]
