@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llm.base import ModelError
 from llm.gguf_check import check_gguf
@@ -67,16 +69,13 @@ def pull_model(ref: str, model_dir: str | Path) -> Path:
     cached = _cached(hub, Path(model_dir).expanduser())
     if cached is not None:
         return cached
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     try:
+        _probe(endpoint)
         from huggingface_hub import hf_hub_download
 
         log.info("downloading %s from %s", filename, repo)
-        path = hf_hub_download(
-            repo,
-            filename,
-            local_dir=target_dir,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        )
+        path = hf_hub_download(repo, filename, local_dir=target_dir, endpoint=endpoint)
     except Exception as exc:
         reason = _short(exc)
         raise ModelError(
@@ -85,6 +84,22 @@ def pull_model(ref: str, model_dir: str | Path) -> Path:
     result = Path(str(path))
     check_gguf(result)
     return result
+
+
+def _probe(endpoint: str) -> None:
+    """Fail in seconds when the hub is unreachable (huggingface_hub retries for ~25 s).
+
+    Skipped behind an HTTP proxy, where a direct connection says nothing.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConnectionError(f"cannot connect to {url.hostname}: {reason}") from None
 
 
 def _cached(hub: tuple[str, str], model_dir: Path) -> Path | None:
