@@ -28,6 +28,7 @@ from llm.textstream import TextStream
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Chunk | BaseException], None]
+GATHER_SECONDS = 0.005
 
 
 @dataclass(eq=False)
@@ -140,9 +141,15 @@ class Worker:
 
     def _wait_for_work(self) -> bool:
         with self._lock:
+            idle = not self._waiting and not self._active
             while not self._stopping and not self._waiting and not self._active:
                 self._wake.wait()
-            return not self._stopping
+            stopping = self._stopping
+        if idle and not stopping:
+            # Requests sent together (several people asking at once) start together: their
+            # prompts share one pre-fill batch instead of the first one running alone.
+            time.sleep(GATHER_SECONDS)
+        return not stopping
 
     def _step(self) -> None:
         self._reap_cancelled()
