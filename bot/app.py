@@ -138,6 +138,6 @@ async def serve(app: App) -> None:
     try:
         await app.start()
         await stop.wait()
-        log.info("shutting down (grace %.0fs)", grace)
+        log.info("shutting down (grace %gs)", grace)
     finally:
         await app.stop(grace)

@@ -229,7 +229,9 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "telegram.mode is webhook but EDGEQA_TELEGRAM_WEBHOOK_SECRET is not set"
                 )
-        if self.web_chat_enabled and not _is_loopback(self.web.host) and self.web_token is None:
+        # An empty token (EDGEQA_WEB_TOKEN= in a compose file) would leave the chat open.
+        web_token = self.web_token.get_secret_value().strip() if self.web_token else ""
+        if self.web_chat_enabled and not _is_loopback(self.web.host) and not web_token:
             raise ValueError(
                 f"web.host is {self.web.host} (not loopback) but EDGEQA_WEB_TOKEN is not set"
             )

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STOPPED_MARK = "\n\n⏹ _(stopped)_"
 INTERRUPTED_MARK = "\n\n⚠️ _(cut short: the bot is restarting)_"
 ERROR_MARK = "\n\n⚠️ _(something went wrong while answering; please ask again)_"
+RESTARTING = "I'm restarting — please ask again in a minute."
 UNDELIVERED = "⚠️ I couldn't deliver my whole answer here. Please ask again."
 CUT_NOTE = "_(Your message was too long for me, so I read only its beginning and end.)_\n\n"
 
@@ -147,7 +148,7 @@ class ConversationService:
             await self._reply(adapter, msg, "Ask me a question in words and I'll answer here.")
             return
         if not self._accepting:
-            await self._reply(adapter, msg, "I'm restarting — please ask again in a minute.")
+            await self._reply(adapter, msg, RESTARTING)
             return
         wait = self._rate.check(msg.key.platform, msg.user_id)
         if wait:
@@ -175,6 +176,10 @@ class ConversationService:
                 for position, waiter in enumerate(thread.waiting, start=1):
                     waiter.status(queued_text(position))
                     waiter.progress(Progress(queue_position=position))
+                if not self._accepting:
+                    # Queued before a shutdown began: starting it now would outlast the grace.
+                    await self._finish(flusher, RESTARTING)
+                    return
                 await self._answer(flusher, msg, text, thread)
         finally:
             if flusher in thread.waiting:
