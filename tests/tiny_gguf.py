@@ -12,11 +12,15 @@ Two flavours:
   assistant header's newline it writes `script` byte by byte, then <|im_end|>. The bytes
   of `script` must be distinct and must not include a newline. Good for UTF-8 streaming
   and stop tests, since its answer is known in advance.
+  `script` may also be a list of strings: each becomes one token of its own (added to the
+  vocabulary), so a scripted answer can repeat characters ("<!channel>", "<script>") as
+  long as the pieces themselves are distinct.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +67,18 @@ def vocabulary() -> list[str]:
     return tokens + SPECIALS
 
 
-def write_tiny_model(path: str | Path, *, script: str | None = None, seed: int = 1234) -> Path:
+def write_tiny_model(
+    path: str | Path, *, script: str | Sequence[str] | None = None, seed: int = 1234
+) -> Path:
     """Write the tiny model to `path` and return it."""
     path = Path(path)
     tokens = vocabulary()
+    if script is not None and not isinstance(script, str):
+        pieces = [_byte_text(piece) for piece in script]
+        tokens += [piece for piece in dict.fromkeys(pieces) if piece not in tokens]
+        chain = [tokens.index(piece) for piece in pieces]
+    elif script is not None:
+        chain = list(script.encode("utf-8"))  # byte tokens: id == byte value
     n_vocab = len(tokens)
     im_end = tokens.index("<|im_end|>")
     rng = np.random.default_rng(seed)
@@ -75,7 +87,7 @@ def write_tiny_model(path: str | Path, *, script: str | None = None, seed: int =
     if script is None:
         output, live = _chatty_output(rng, embed, tokens)
     else:
-        output, live = _script_output(rng, embed, script, im_end), False
+        output, live = _script_output(rng, embed, chain, im_end), False
 
     writer = GGUFWriter(str(path), "qwen2")
     writer.add_name("edgeqa-tiny" if script is None else "edgeqa-tiny-script")
@@ -154,13 +166,18 @@ def _chatty_output(
     return output, True
 
 
+def _byte_text(piece: str) -> str:
+    """A piece of text as a byte-level BPE token string (GPT-2's byte -> character map)."""
+    return "".join(BYTE_TOKEN[byte] for byte in piece.encode("utf-8"))
+
+
 def _script_output(
-    rng: np.random.Generator, embed: np.ndarray, script: str, im_end: int
+    rng: np.random.Generator, embed: np.ndarray, script: list[int], im_end: int
 ) -> np.ndarray:
     """Bigram weights: the row of the successor of token t is t's own embedding."""
-    chain = [ord("\n"), *script.encode("utf-8"), im_end]
+    chain = [ord("\n"), *script, im_end]
     if len(set(chain)) != len(chain):
-        raise ValueError("script bytes must be distinct and must not contain a newline")
+        raise ValueError("script tokens must be distinct and must not be a newline")
     output = rng.standard_normal((embed.shape[0], N_EMBD)) * 0.05
     for current, following in itertools.pairwise(chain):
         output[following] = 2.0 * embed[current]
