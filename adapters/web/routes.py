@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot.text import clean_text
 from bot.types import ConversationKey
 from storage.base import Turn
 
@@ -183,9 +184,13 @@ class WebRoutes:
         if key is None:
             return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
         text = data.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
             return _error(400, "the message is empty")
-        text = text.strip()
+        # As the core will store it (no NUL, no lone surrogates), so the question shown live
+        # matches the stored one and every event can be encoded as UTF-8.
+        text = clean_text(text).strip()
+        if not text:
+            return _error(400, "the message is empty")
         if len(text) > MAX_TEXT_CHARS:
             return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
         if self.adapter.handler is None:
