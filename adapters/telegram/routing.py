@@ -85,6 +85,20 @@ def topic_of(thread: str) -> int | None:
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
+def _entities(message: Message, types: list[str]) -> dict[MessageEntity, str]:
+    """`message.parse_entities(types)`, except that a lone UTF-16 surrogate in the text (JSON
+    can carry one as a "\\ud800" escape) counts as the one code unit it is instead of making
+    PTB's strict UTF-16 encoding raise, which would drop the whole update."""
+    units = (message.text or "").encode("utf-16-le", "surrogatepass")
+    return {
+        entity: units[entity.offset * 2 : (entity.offset + entity.length) * 2].decode(
+            "utf-16-le", "surrogatepass"
+        )
+        for entity in message.entities
+        if entity.type in types
+    }
+
+
 class Router:
     def __init__(
         self, bot_id: int, bot_username: str, trigger_prefix: str = "", memory: int = 20_000
@@ -182,7 +196,7 @@ class Router:
     def _command(self, message: Message, text: str) -> str | None:
         """ "/reset@thisbot args" -> "/reset args"; "" for another bot's command; None if the
         message is no command. "/forget @alice" names alice by id where she has been seen."""
-        entities = message.parse_entities([MessageEntity.BOT_COMMAND])
+        entities = _entities(message, [MessageEntity.BOT_COMMAND])
         first = next((e for e in entities if e.offset == 0), None)
         if first is None or not text.startswith("/"):
             return None
@@ -196,7 +210,7 @@ class Router:
         return f"/{name}{args}"
 
     def _resolve_user(self, message: Message, args: str) -> str:
-        for entity in message.parse_entities([MessageEntity.TEXT_MENTION]):
+        for entity in _entities(message, [MessageEntity.TEXT_MENTION]):
             if entity.user is not None:  # a user without a username, picked from the menu
                 return f" {entity.user.id}"
         arg = args.strip()
@@ -205,7 +219,7 @@ class Router:
         return args
 
     def _mentions(self, message: Message) -> bool:
-        entities = message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION])
+        entities = _entities(message, [MessageEntity.MENTION, MessageEntity.TEXT_MENTION])
         for entity, word in entities.items():
             if entity.type == MessageEntity.MENTION and word[1:].lower() == self.bot_username:
                 return True
@@ -214,7 +228,7 @@ class Router:
         return False
 
     def _strip_mentions(self, message: Message, text: str) -> str:
-        for word in message.parse_entities([MessageEntity.MENTION]).values():
+        for word in _entities(message, [MessageEntity.MENTION]).values():
             if word[1:].lower() == self.bot_username:
                 text = re.sub(re.escape(word) + r"[,:]?", " ", text)
         return _SPACES.sub(" ", text).strip(" \t,:")
