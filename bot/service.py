@@ -118,7 +118,9 @@ class ConversationService:
             log.info("ignored a message from %s in %s: not allowed", msg.user_id, msg.key)
             return
         try:
-            command = parse_command(msg.text)
+            # Cleaned like questions are: a command's reply may echo its arguments, and a
+            # lone surrogate or NUL there would make the platform refuse the reply.
+            command = parse_command(clean_text(msg.text))
             if command is not None:
                 await self._reply(adapter, msg, await self._execute(command, msg))
             else:
@@ -132,7 +134,7 @@ class ConversationService:
         if not self._access.allowed(msg):
             log.info("refused a command from %s in %s: not allowed", msg.user_id, msg.key)
             return "Sorry, you can't use this bot here."
-        command = parse_command(msg.text)
+        command = parse_command(clean_text(msg.text))
         if command is None:
             return help_text(self._access.is_admin(msg.key.platform, msg.user_id))
         return await self._execute(command, msg)
