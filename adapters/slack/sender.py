@@ -8,6 +8,7 @@ within the workspace's edit budget, or Slack's chat.startStream/appendStream/sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -84,7 +85,8 @@ class SlackSender:
         self._edits: dict[str, EditBudget] = {}
         self._appends: dict[str, EditBudget] = {}
         self._live: dict[str, _Live] = {}
-        self._placeholders: dict[ConversationKey, str] = {}
+        # "is thinking…" messages by conversation, still being posted or posted.
+        self._placeholders: dict[ConversationKey, asyncio.Future[str]] = {}
         self._status_works = True
         self._native = settings.native_streaming
         self.recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
@@ -163,14 +165,16 @@ class SlackSender:
         body = _render(text) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
-        placeholder = self._placeholders.get(key)
-        if placeholder:
-            try:
-                await self._update(key, placeholder, body)
-                ts = placeholder
-            except SlackRefused:  # deleted meanwhile: post a new message instead
-                pass
-            del self._placeholders[key]
+        posting = self._placeholders.get(key)
+        if posting is not None:
+            placeholder = await _posted(posting)
+            if placeholder:
+                try:
+                    await self._update(key, placeholder, body)
+                    ts = placeholder
+                except SlackRefused:  # deleted meanwhile: post a new message instead
+                    pass
+            self._placeholders.pop(key, None)
         if not ts and not final:
             ts = await self._start_stream(key, text) or ""
             mode = "stream" if ts else "update"
@@ -238,4 +242,18 @@ class SlackSender:
             except SlackRefused as exc:
                 log.info("thinking status unavailable (%s); posting a placeholder", exc.error)
                 self._status_works = False
-        self._placeholders[key] = await self._post(key, f"_{THINKING}_")
+        posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_"))
+        posting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._placeholders[key] = posting
+        # Shielded: when the first words cancel the typing loop mid-call, Slack may still
+        # post the placeholder, and send() must find it (and wait for it) to turn it into
+        # the answer — else it would stay "is thinking…" next to the answer for good.
+        await asyncio.shield(posting)
+
+
+async def _posted(posting: asyncio.Future[str]) -> str:
+    """The ts of a placeholder once posted; "" if posting it failed."""
+    try:
+        return await asyncio.shield(posting)
+    except (PlatformError, SlackClientError, aiohttp.ClientError, TimeoutError):
+        return ""
