@@ -29,6 +29,7 @@ _INLINE_TAGS = {
     "s_close": "</s>",
     "link_close": "</a>",
 }
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
 _LANGUAGE = re.compile(r"^[\w#+.-]{1,32}$")
 _TAG = re.compile(r"<[^>]*>")
 
@@ -47,9 +48,15 @@ def visible_text(rendered: str) -> str:
     return html.unescape(_TAG.sub("", rendered))
 
 
+def _linkable(href: str) -> bool:
+    """Web and mail links only: a tg://user?id=… link in an answer would mention (and
+    notify) that user, and other schemes open apps; the model's text must do neither."""
+    return href.lower().startswith(_LINK_SCHEMES)
+
+
 def _inline(tokens: Sequence[Token]) -> str:
     out: list[str] = []
-    link_depth = 0
+    links: list[bool] = []  # per open link: was it written as <a>?
     for tok in tokens:
         if tok.type == "text":
             out.append(escape(tok.content))
@@ -58,16 +65,19 @@ def _inline(tokens: Sequence[Token]) -> str:
         elif tok.type == "code_inline":
             out.append(f"<code>{escape(tok.content)}</code>")
         elif tok.type == "link_open":
-            link_depth += 1
-            out.append(f'<a href="{_attr(str(tok.attrGet("href") or ""))}">')
+            href = str(tok.attrGet("href") or "")
+            links.append(_linkable(href))
+            if links[-1]:
+                out.append(f'<a href="{_attr(href)}">')
         elif tok.type == "link_close":
-            link_depth -= 1
-            out.append("</a>")
+            if links.pop():
+                out.append("</a>")
         elif tok.type == "image":
             # Telegram cannot show an inline image in text: keep it as a link to it.
             alt = escape(tok.content or "image")
             src = str(tok.attrGet("src") or "")
-            out.append(alt if link_depth or not src else f'<a href="{_attr(src)}">{alt}</a>')
+            linked = not links and _linkable(src)
+            out.append(f'<a href="{_attr(src)}">{alt}</a>' if linked else alt)
         elif tok.type in _INLINE_TAGS:
             out.append(_INLINE_TAGS[tok.type])
         else:  # html_inline cannot occur (html disabled); anything new: keep its text
