@@ -187,3 +187,34 @@ async def test_a_failing_run_is_logged_and_the_job_keeps_going(url, caplog):
         await repo.start()  # and comes back
         assert await job.run() == 1
         assert (job.runs, job.removed_total) == (1, 1)
+
+
+async def test_a_shutdown_in_the_middle_of_a_pass_is_no_error(url, caplog):
+    """The scheduler cancels a pass in flight at shutdown; that is a quiet stop, not an
+    ERROR with a traceback in the operator's log."""
+    caplog.set_level(logging.INFO, logger="storage.pruning")
+    async with open_repo(url) as repo:
+        await _conversation(repo, key("a"), idle=2 * HOUR)
+        started, never = asyncio.Event(), asyncio.Event()
+        prune = repo.prune_expired
+
+        async def slow_prune(ttl_seconds, *, protect=()):  # a pass still running at shutdown
+            started.set()
+            await never.wait()
+            return await prune(ttl_seconds, protect=protect)
+
+        repo.prune_expired = slow_prune  # type: ignore[method-assign]
+        scheduler = AsyncIOScheduler()
+        job = schedule_pruning(scheduler, repo, HOUR, interval_seconds=60)
+        scheduler.start()
+        await asyncio.wait_for(started.wait(), 10)
+        scheduler.shutdown(wait=False)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if "cut short" in caplog.text:
+                break
+        assert "cut short by shutdown" in caplog.text
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert (job.failures, job.removed_total) == (0, 0)
+        del repo.prune_expired
+        assert await count_conversations(repo) == 1  # untouched; the next start prunes it
