@@ -32,6 +32,11 @@ def streaming(question: str):  # type: ignore[no-untyped-def]
     return lambda e: e["type"] == "reply" and e["question"] == question and len(e["text"]) >= 20
 
 
+def assert_closed_cleanly(db: Path) -> None:
+    """The last connection was closed: SQLite checkpointed its WAL and removed it."""
+    assert not db.with_name(db.name + "-wal").exists()
+
+
 @pytest.mark.timeout(90)
 async def test_with_a_generous_grace_the_answer_in_flight_completes(
     tmp_path: Path, tiny_model_path: Path
@@ -63,6 +68,7 @@ async def test_with_a_generous_grace_the_answer_in_flight_completes(
     order = [stream.seen[i]["question"] for i in done_at]
     assert order.index(late) < order.index(question) and order.index(same) < order.index(question)
 
+    assert_closed_cleanly(db)
     assert INTERRUPTED_MARK not in answer
     [turn] = stored_turns(db, "thread-long1")
     assert (turn["question"], turn["answer"], turn["status"]) == (
@@ -94,6 +100,7 @@ async def test_with_a_tiny_grace_the_answer_is_cut_with_a_note_and_stored_interr
         assert await bot.wait_exit(within=60) == 0
         elapsed = time.monotonic() - signalled
 
+    assert_closed_cleanly(db)
     assert answer.endswith(INTERRUPTED_MARK)
     assert any(e["type"] == "reply" and "Queued" in e["text"] for e in queued)
     assert final_text(queued) == RESTARTING
