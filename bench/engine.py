@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import os
 import resource
@@ -53,7 +54,11 @@ STORY = "Write a long, detailed story about a dragon who learns to program compu
 
 
 def baseline_loop(model_path: str, threads: int, tokens: int, flash: bool) -> dict[str, float]:
-    """A plain greedy decode loop on llama.cpp's low-level API: the speed to beat."""
+    """A plain greedy decode loop on llama.cpp's low-level API: the speed to beat.
+
+    Its sampler does what the engine's greedy sampler does (repeat penalty, then argmax),
+    so the two differ only in what the engine adds around llama.cpp.
+    """
     import ctypes
 
     import llama_cpp as lc
@@ -78,6 +83,11 @@ def baseline_loop(model_path: str, threads: int, tokens: int, flash: bool) -> di
     buf = (lc.llama_token * (len(text) + 8))()
     n_prompt = lc.llama_tokenize(vocab, text, len(text), buf, len(buf), False, True)
     sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    penalty = EngineSettings().repeat_penalty
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    lc.llama_sampler_chain_add(
+        sampler, lc.llama_sampler_init_penalties(n_vocab, 64, penalty, 0.0, 0.0)
+    )
     lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
     if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, n_prompt)) != 0:
         raise RuntimeError("prompt decode failed")
@@ -130,12 +140,17 @@ async def one(engine: Engine, request: GenerationRequest) -> tuple[int, float, f
     return tokens, submitted, first or time.perf_counter(), time.perf_counter(), reused
 
 
-async def concurrent(engine: Engine, streams: int, tokens: int, run_id: str) -> Load:
+_runs = itertools.count()
+
+
+async def concurrent(engine: Engine, streams: int, tokens: int, name: str) -> Load:
+    """`streams` conversations asking at once; prompts are new to the cache every time."""
+    run_id = f"{name}#{next(_runs)}"
     requests = [
         GenerationRequest(
             [
-                ChatMessage("system", SYSTEM),
-                ChatMessage("user", f"Write a long, detailed essay about {TOPICS[i]}. ({run_id})"),
+                ChatMessage("system", f"[{run_id}] {SYSTEM}"),  # nothing cached to reuse
+                ChatMessage("user", f"Write a long, detailed essay about {TOPICS[i]}."),
             ],
             conversation_id=f"{run_id}-{i}",
             max_tokens=tokens,

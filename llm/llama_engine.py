@@ -44,7 +44,7 @@ class LlamaCppEngine:
         model: str | Path | None = None,
         debug: bool = False,
         prefill_chunk: int = 128,
-        state_cache_mb: int = 256,
+        state_cache_mb: int = 128,
     ) -> None:
         """`model`: a GGUF path or hub reference (default: settings.model).
 

@@ -179,16 +179,19 @@ class Worker:
             failed = [s for s in decoding] + [s for s, _ in prefilling]
             self._decode_failed(failed, code)
             return
+        ready = decoding[:]
         for slot in decoding:
             assert slot.next_token is not None
             slot.tokens.append(slot.next_token)
             slot.next_token = None
-            self._sample(slot)
         for slot, count in prefilling:
             slot.tokens.extend(slot.pending[:count])
             del slot.pending[:count]
             if not slot.pending:
-                self._sample(slot)
+                ready.append(slot)
+        for slot in ready:
+            assert slot.sampler is not None
+            self._take(slot, slot.sampler.sample(self.ctx, slot.logits_at))
 
     def _reap_cancelled(self) -> None:
         for slot in self.slots:
@@ -244,10 +247,10 @@ class Worker:
         if slot.owner:
             self.totals.evictions += 1
 
-    def _sample(self, slot: Slot) -> None:
+    def _take(self, slot: Slot, token: int) -> None:
+        """A sampled token: stream its text, or end the answer."""
         job = slot.job
-        assert job is not None and slot.sampler is not None and slot.text is not None
-        token = slot.sampler.sample(self.ctx, slot.logits_at)
+        assert job is not None and slot.text is not None
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
