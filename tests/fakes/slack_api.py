@@ -3,16 +3,19 @@
 The real slack-sdk client talks to it over HTTP (base_url). It keeps every channel's
 messages and threads, each bot message's history of texts, every call made (with a
 monotonic timestamp, to count chat.update per minute), and can be scripted to fail: 429 with
-Retry-After, msg_too_long, 5xx. Only what the bot uses is implemented, with Slack's field
-names and error codes.
+Retry-After, msg_too_long, 5xx, a connection dropped before the call is processed or after
+it was (`drop="after"`: the message exists, the client never hears so). Only what the bot
+uses is implemented, with Slack's field names and error codes. `close()` then `start()`
+restarts it on the same port with the same messages, as after an outage.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +54,10 @@ class Fault:
     retry_after: float | None = None
     times: int = 1
     after: int = 0  # let this many calls through first
+    drop: str = ""  # "before" / "after": hang up before / after doing what was asked
+    when: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
+    hits: int = 0
+    hit: list[dict[str, Any]] = field(default_factory=list)  # the params of each hit call
 
 
 class FakeSlackApi:
@@ -70,7 +77,8 @@ class FakeSlackApi:
         self.bot_token = bot_token
         self.app_token = app_token
         self.max_text = max_text
-        self.socket_url = ""
+        # What apps.connections.open hands out; a coroutine function: a new URL each time.
+        self.socket_url: Callable[[], Awaitable[str]] | str = ""
         self.calls: list[Call] = []
         self.messages: dict[str, list[Message]] = {}
         self.statuses: dict[tuple[str, str], str] = {}
@@ -86,18 +94,20 @@ class FakeSlackApi:
     # -- server --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen on a free port, or again on the same port after `close()`."""
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{rid}", self._response)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     @property
     def base_url(self) -> str:
@@ -177,24 +187,40 @@ class FakeSlackApi:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth else str(params.get("token", ""))
         self.calls.append(Call(method, params, time.monotonic(), token))
-        for fault in self.faults:
-            if fault.method != method or fault.times <= 0:
-                continue
-            if fault.after > 0:
-                fault.after -= 1
-                continue
-            fault.times -= 1
-            return self._fault(fault)
+        fault = self._matching_fault(method, params)
+        if fault is not None and fault.drop != "after":
+            return self._fault(fault, request)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
             return _ok(False, error="invalid_auth")
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return _ok(False, error="unknown_method")
-        result: web.Response = handler(params)
+        result = handler(params)
+        if inspect.isawaitable(result):
+            result = await result
+        if fault is not None:  # done, but the answer never reaches the client
+            return _hang_up(request)
         return result
 
-    def _fault(self, fault: Fault) -> web.Response:
+    def _matching_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
+        for fault in self.faults:
+            if fault.method != method or fault.times <= 0:
+                continue
+            if fault.when is not None and not fault.when(params):
+                continue
+            if fault.after > 0:
+                fault.after -= 1
+                continue
+            fault.times -= 1
+            fault.hits += 1
+            fault.hit.append(params)
+            return fault
+        return None
+
+    def _fault(self, fault: Fault, request: web.Request) -> web.Response:
+        if fault.drop:
+            return _hang_up(request)
         if fault.status >= 500:
             return web.Response(
                 status=fault.status, text="<html>oops</html>", content_type="text/html"
@@ -218,8 +244,43 @@ class FakeSlackApi:
             is_enterprise_install=False,
         )
 
-    def _m_apps_connections_open(self, params: dict[str, Any]) -> web.Response:
-        return _ok(url=self.socket_url)
+    async def _m_apps_connections_open(self, params: dict[str, Any]) -> web.Response:
+        url = await self.socket_url() if callable(self.socket_url) else self.socket_url
+        return _ok(url=url)
+
+    def _listed(self, message: Message) -> dict[str, Any]:
+        listed: dict[str, Any] = {"type": "message", "ts": message.ts, "text": message.text}
+        listed["user"] = message.user
+        if message.bot_id:
+            listed["bot_id"] = message.bot_id
+        if message.thread_ts:
+            listed["thread_ts"] = message.thread_ts
+        return listed
+
+    def _m_conversations_history(self, params: dict[str, Any]) -> web.Response:
+        """The channel's main line, newest first, after `oldest` (exclusive)."""
+        channel = str(params.get("channel", ""))
+        if channel not in self.messages:
+            return _ok(False, error="channel_not_found")
+        oldest = _ts_key(str(params.get("oldest") or "0"))
+        limit = int(params.get("limit") or 100)
+        found = [m for m in self.main_line(channel) if _ts_key(m.ts) > oldest]
+        found.sort(key=lambda m: _ts_key(m.ts), reverse=True)
+        listed = [self._listed(m) for m in found[:limit]]
+        return _ok(messages=listed, has_more=len(found) > limit)
+
+    def _m_conversations_replies(self, params: dict[str, Any]) -> web.Response:
+        """A thread: its first message, then the replies after `oldest`, oldest first."""
+        channel, ts = str(params.get("channel", "")), str(params.get("ts", ""))
+        parent = self.find(channel, ts)
+        if parent is None:
+            return _ok(False, error="thread_not_found")
+        oldest = _ts_key(str(params.get("oldest") or "0"))
+        limit = int(params.get("limit") or 100)
+        replies = [m for m in self.thread(channel, ts) if _ts_key(m.ts) > oldest]
+        replies.sort(key=lambda m: _ts_key(m.ts))
+        listed = [self._listed(m) for m in [parent, *replies][:limit]]
+        return _ok(messages=listed, has_more=len(replies) + 1 > limit)
 
     def _bot_post(self, channel: str, text: str, thread_ts: str) -> Message:
         message = Message(
@@ -317,3 +378,16 @@ class FakeSlackApi:
 
 def _ok(ok: bool = True, **fields: Any) -> web.Response:
     return web.json_response({"ok": ok, **fields})
+
+
+def _hang_up(request: web.Request) -> web.Response:
+    """Close the connection without an answer (the client sees a dropped connection)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    """Slack timestamps ("1700000000.000123") in order, without float rounding."""
+    seconds, _, micros = ts.partition(".")
+    return int(seconds or 0), int(micros or 0)

@@ -3,7 +3,10 @@
 Like Slack's, it greets a new connection with a `hello`, pushes envelopes
 (`{"envelope_id", "type", "payload", "accepts_response_payload", "retry_attempt"}`) and
 expects each to be acknowledged with `{"envelope_id": ...}` (plus an optional `payload`).
-It records every ack, and any ack for an envelope it never sent.
+It records every ack, and any ack for an envelope it never sent. Each URL (`url`, what
+apps.connections.open hands out) carries a ticket that opens one connection only, as
+Slack's do; `drop()` hangs up on the client, `close()` then `start()` restarts the server
+on the same port.
 """
 
 from __future__ import annotations
@@ -29,35 +32,60 @@ class FakeSocketMode:
         self.acks: dict[str, Ack] = {}
         self.bad_acks: list[dict[str, Any]] = []
         self.connections = 0
+        self.refused = 0  # connection attempts with an unknown or used ticket
+        self._tickets: set[str] = set()  # issued, not used yet
         self._ws: web.WebSocketResponse | None = None
         self._connected = asyncio.Event()
+        self._up = asyncio.Event()  # listening
         self._acked: dict[str, asyncio.Event] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> None:
+        """Listen on a free port, or again on the same port after `close()`."""
         app = web.Application()
         app.router.add_get("/link/", self._link)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._up.set()
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        self._up.clear()
+        await self.drop()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+
+    async def drop(self) -> None:
+        """Close the current connection (Slack does so now and then, e.g. to move it)."""
+        if self._ws is not None:
+            await self._ws.close()
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/link/?ticket={uuid.uuid4()}&app_id=A0APP"
+        """A new URL, good for one connection."""
+        ticket = str(uuid.uuid4())
+        self._tickets.add(ticket)
+        return f"ws://127.0.0.1:{self.port}/link/?ticket={ticket}&app_id=A0APP"
+
+    async def next_url(self) -> str:
+        """What apps.connections.open hands out: a new URL, once the server is up (while it
+        restarts, Slack has no server to send clients to, and they wait)."""
+        await asyncio.wait_for(self._up.wait(), 30)
+        return self.url
 
     async def wait_connected(self, within: float = 10.0) -> None:
         await asyncio.wait_for(self._connected.wait(), within)
 
-    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+    async def _link(self, request: web.Request) -> web.StreamResponse:
+        ticket = request.query.get("ticket", "")
+        if ticket not in self._tickets:
+            self.refused += 1
+            return web.Response(status=401, text="invalid or used ticket")
+        self._tickets.discard(ticket)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.connections += 1

@@ -50,7 +50,7 @@ class SlackWorkspace:
     async def start(self) -> None:
         await self.api.start()
         await self.socket.start()
-        self.api.socket_url = self.socket.url
+        self.api.socket_url = self.socket.next_url  # a fresh ticket for every open
         self.api.on_bot_message = self._echo
 
     async def close(self) -> None:

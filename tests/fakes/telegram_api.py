@@ -6,8 +6,11 @@ It speaks HTTP on 127.0.0.1 (a free port) the way api.telegram.org does: POST
 It keeps every chat's messages (with their edit history), drafts and chat actions, serves
 updates by long polling (getUpdates with offset) or delivers them to a webhook with the
 secret header, and lets a test script faults: 429 + retry_after, "message is not modified",
-entity parse errors, 5xx, a dropped connection. HTML sent with parse_mode=HTML is checked
-as strictly as Telegram does (allowed tags only, balanced, "<" and "&" escaped).
+entity parse errors, 5xx, a connection dropped before the call is processed ("drop") or
+after it was (`drop_after`: the message exists, the client never hears so). HTML sent with
+parse_mode=HTML is checked as strictly as Telegram does (allowed tags only, balanced, "<"
+and "&" escaped). `close()` then `start()` restarts the server on the same port with the
+same chats, as after an outage of api.telegram.org.
 
 Tests play the users: `user_says(chat, user, text, ...)` puts a message in the update
 queue exactly as Telegram would (with bot_command / mention entities).
@@ -162,15 +165,17 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
 @dataclass
 class Fault:
     method: str
-    kind: str  # retry_after not_modified parse_entities server_error drop bad_request
-    # forbidden deleted
+    kind: str  # retry_after not_modified parse_entities server_error drop drop_after
+    # bad_request forbidden deleted
     times: int = 1
     skip: int = 0  # let this many matching calls through first
     chat_id: int | None = None
     retry_after: int = 1
     description: str = ""
     only_html: bool = False
+    when: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
     hits: int = 0
+    hit: list[dict[str, Any]] = field(default_factory=list)  # the params of each hit call
 
 
 @dataclass
@@ -210,27 +215,35 @@ class FakeTelegram:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._delivery: asyncio.Task[None] | None = None
+        self._closing = False
         self.port = 0
 
     # -- server --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen on a free port, or again on the same port after `close()`."""
+        self._closing = False
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._dispatch)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
     async def close(self) -> None:
+        """Stop listening and drop every connection (the chats and updates are kept)."""
         if self._delivery is not None:
             self._delivery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._delivery
+        self._closing = True  # long polls in flight return now instead of at their timeout
+        await self._notify()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     @property
     def base_url(self) -> str:
@@ -249,9 +262,7 @@ class FakeTelegram:
         try:
             fault = self._fault(method, params)
             if fault is not None and fault.kind == "drop":
-                assert request.transport is not None
-                request.transport.close()
-                return web.Response()
+                return _hang_up(request)
             handler = getattr(self, f"api_{method}", None)
             if handler is None:
                 raise ApiError(404, "Not Found")
@@ -260,6 +271,8 @@ class FakeTelegram:
             return _error(exc)
         async with self._changed:
             self._changed.notify_all()
+        if fault is not None and fault.kind == "drop_after":
+            return _hang_up(request)  # done, but the answer never reaches the client
         return web.json_response({"ok": True, "result": result})
 
     def fail(self, method: str, kind: str, **options: Any) -> Fault:
@@ -276,11 +289,14 @@ class FakeTelegram:
                 continue
             if fault.only_html and params.get("parse_mode") != "HTML":
                 continue
+            if fault.when is not None and not fault.when(params):
+                continue
             if fault.skip > 0:
                 fault.skip -= 1
                 continue
             fault.times -= 1
             fault.hits += 1
+            fault.hit.append(params)
             if fault.kind == "retry_after":
                 raise ApiError(
                     429,
@@ -449,7 +465,9 @@ class FakeTelegram:
         if not pending() and timeout > 0:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(pending), timeout)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: pending() or self._closing), timeout
+                    )
         return pending()[:limit]
 
     async def api_sendChatAction(self, params: dict[str, Any]) -> bool:
@@ -560,6 +578,13 @@ class FakeTelegram:
                     self.webhook_results.append(r.status)
                 async with self._changed:
                     self._changed.notify_all()
+
+
+def _hang_up(request: web.Request) -> web.Response:
+    """Close the connection without an answer (the client sees a dropped connection)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
 
 
 def _tags(html: str | None) -> list[str]:
