@@ -166,10 +166,16 @@ class StreamFlusher:
             await self._sync(final=True, deadline=deadline)
 
     async def notice(self, text: str) -> bool:
-        """One attempt at a short separate message (after a failed delivery: the platform
-        may be back). True if it was delivered."""
+        """A short separate message after a failed delivery, retried like a final text for
+        up to `give_up_after` more: a platform that was down past the bound is often back
+        soon after, and one attempt at the moment it is still down would leave the chat
+        silent. True if it was delivered."""
+        deadline = self._clock() + self._give_up_after
         try:
-            await self._adapter.send(self._key, text, reply_to=self._reply_to, final=True)
+            await self._call(
+                lambda: self._adapter.send(self._key, text, reply_to=self._reply_to, final=True),
+                deadline,
+            )
         except Exception as exc:
             log.warning("could not post a notice in %s either: %s", self._key, exc)
             return False
