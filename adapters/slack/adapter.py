@@ -88,7 +88,11 @@ class SlackAdapter:
             settings.slack_app_token.get_secret_value() if settings.slack_app_token else ""
         )
         secret = settings.slack_signing_secret
-        self._client = AsyncWebClient(token=token, base_url=section.base_url or SLACK_API)
+        # No retries inside the SDK: it would resend a chat.postMessage whose answer was
+        # lost, posting it twice. The core retries, and the sender checks first.
+        self._client = AsyncWebClient(
+            token=token, base_url=section.base_url or SLACK_API, retry_handlers=[]
+        )
         self._app = AsyncApp(
             client=self._client,
             signing_secret=secret.get_secret_value() if secret else "",
@@ -116,7 +120,7 @@ class SlackAdapter:
             raise StartError(f"slack auth.test failed: {exc.response.get('error')}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StartError(f"slack API unreachable: {type(exc).__name__}: {exc}") from exc
-        self.bot_user_id = str(auth.get("user_id", ""))
+        self.bot_user_id = self._sender.bot_user_id = str(auth.get("user_id", ""))
         self.team_id = self._sender.team_id = str(auth.get("team_id", ""))
         self._handler = handler
         if self._settings.mode == "socket":
@@ -160,7 +164,7 @@ class SlackAdapter:
     async def send(
         self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
     ) -> MessageRef:
-        ref = await self._sender.send(key, text, final=final)
+        ref = await self._sender.send(key, text, final=final, after=reply_to)
         if key.thread:
             self._threads.add((key.channel, key.thread))
         return ref
@@ -201,15 +205,15 @@ class SlackAdapter:
         text = to_plain(str(event.get("text", "")), self.bot_user_id)
         if text.lower().lstrip("/") in WORD_COMMANDS:
             text = "/" + text.lower().lstrip("/")
-        self._remember_asker(key, user)
+        self._remember_asker(key, user, str(event["ts"]))
         msg = IncomingMessage(key=key, user_id=user, text=text, message_id=str(event["ts"]), **kw)
         self._dispatch(msg)
 
-    def _remember_asker(self, key: ConversationKey, user: str) -> None:
-        recipients = self._sender.recipients
-        recipients[(key.channel, key.thread)] = user
-        if len(recipients) > 10_000:
-            del recipients[next(iter(recipients))]
+    def _remember_asker(self, key: ConversationKey, user: str, ts: str) -> None:
+        for known, value in ((self._sender.recipients, user), (self._sender.asked, ts)):
+            known[(key.channel, key.thread)] = value
+            if len(known) > 10_000:
+                del known[next(iter(known))]
 
     def _spawn(self, coro: Any) -> None:
         async def run() -> None:

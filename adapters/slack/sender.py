@@ -4,13 +4,21 @@ The core's flusher decides *when* to send and edit; this module decides *how*: c
 within the workspace's edit budget, or Slack's chat.startStream/appendStream/stopStream
 (optional, thread replies only), with Slack's errors translated into the core's
 (RateLimited, MessageTooLong, PlatformError). Markdown is rendered only once a text is final.
+
+A post whose answer is lost (dropped connection, timeout, 5xx) may still have been made, and
+the core will ask again. So before posting again the thread is read back
+(conversations.replies / .history) and a bot message with the text we tried, that we do
+not know yet, is taken as ours: the answer is shown once. An append to a native stream
+cannot be checked that way, so after an unclear append the message is finished with
+chat.update, which sets the whole text whatever the stream holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 
 THINKING = "is thinking…"
 STREAM_APPENDS_PER_MINUTE = 100  # chat.appendStream is Tier 4 (100+ a minute)
+KNOWN = 10_000  # timestamps of messages we posted, remembered to tell them from lost posts
 
 
 class SlackRefused(Refused):
@@ -63,6 +72,12 @@ def translate(exc: Exception) -> PlatformError:
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 
 
+def _unclear(exc: PlatformError) -> bool:
+    """Could Slack have done what was asked although the call failed? (Not after a 429 or
+    a refusal: Slack answered, and said no.)"""
+    return not isinstance(exc, RateLimited | Refused | MessageTooLong)
+
+
 def _render(text: str) -> str:
     """The final text as mrkdwn; Markdown that renders to nothing (a lone link reference
     definition) is shown as written, since Slack refuses empty messages."""
@@ -76,6 +91,15 @@ class _Live:
     key: ConversationKey
     mode: Literal["update", "stream"]
     appended: str = ""  # stream mode: the plain text Slack already has
+    stop_first: bool = False  # an unclear stream call: stop the stream before chat.update
+
+
+@dataclass(slots=True)
+class _Unsure:
+    """Posts in one conversation that failed without a clear answer from Slack."""
+
+    after: str  # the question's ts: a lost post is newer
+    texts: dict[str, bool] = field(default_factory=dict)  # text tried -> was a stream
 
 
 class SlackSender:
@@ -87,10 +111,15 @@ class SlackSender:
         self._live: dict[str, _Live] = {}
         # "is thinking…" messages by conversation, still being posted or posted.
         self._placeholders: dict[ConversationKey, asyncio.Future[str]] = {}
+        self._stopping: set[str] = set()  # adopted lost streams: stop before chat.update
+        self._unsure: dict[ConversationKey, _Unsure] = {}
+        self._known: OrderedDict[str, None] = OrderedDict()  # ts of messages we posted
         self._status_works = True
         self._native = settings.native_streaming
         self.recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
+        self.asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
         self.team_id = ""
+        self.bot_user_id = ""
 
     # -- budgets -------------------------------------------------------------------------
 
@@ -132,14 +161,66 @@ class SlackSender:
         await self.edit_budget(key.workspace).acquire()
         await self._api("chat.update", channel=key.channel, ts=ts, text=text)
 
-    async def _post(self, key: ConversationKey, text: str) -> str:
+    async def _post(self, key: ConversationKey, text: str, after: str) -> str:
         kwargs: dict[str, Any] = {"channel": key.channel, "text": text}
         if key.thread:
             kwargs["thread_ts"] = key.thread
-        data = await self._api("chat.postMessage", unfurl_links=False, unfurl_media=False, **kwargs)
-        return str(data.get("ts", ""))
+        try:
+            data = await self._api(
+                "chat.postMessage", unfurl_links=False, unfurl_media=False, **kwargs
+            )
+        except PlatformError as exc:
+            self._note_unsure(key, exc, text, after, stream=False)
+            raise
+        return self._remember(str(data.get("ts", "")))
 
-    async def _start_stream(self, key: ConversationKey, text: str) -> str | None:
+    def _remember(self, ts: str) -> str:
+        self._known[ts] = None
+        while len(self._known) > KNOWN:
+            self._known.popitem(last=False)
+        return ts
+
+    def _note_unsure(
+        self, key: ConversationKey, exc: PlatformError, text: str, after: str, *, stream: bool
+    ) -> None:
+        if _unclear(exc) and after and self.bot_user_id:
+            self._unsure.setdefault(key, _Unsure(after)).texts[text] = stream
+
+    async def _adopt_lost_post(self, key: ConversationKey) -> str:
+        """After an unclear post in this conversation, read the conversation back: the ts
+        of the message if Slack made it anyway (to be edited instead of posting again),
+        else "". Raises PlatformError while Slack cannot tell us."""
+        unsure = self._unsure.get(key)
+        if unsure is None:
+            return ""
+        if key.thread:
+            data = await self._api(
+                "conversations.replies",
+                channel=key.channel,
+                ts=key.thread,
+                oldest=unsure.after,
+                limit=200,
+            )
+        else:
+            data = await self._api(
+                "conversations.history", channel=key.channel, oldest=unsure.after, limit=200
+            )
+        del self._unsure[key]
+        for message in data.get("messages") or []:
+            ts, text = str(message.get("ts", "")), message.get("text")
+            if (
+                message.get("user") == self.bot_user_id
+                and text in unsure.texts
+                and ts != unsure.after
+                and ts not in self._known
+            ):
+                log.info("a post in %s went through although its answer was lost", key.channel)
+                if unsure.texts[text]:
+                    self._stopping.add(ts)
+                return self._remember(ts)
+        return ""
+
+    async def _start_stream(self, key: ConversationKey, text: str, after: str) -> str | None:
         """A native stream in the thread, or None where Slack does not offer one to us."""
         user = self.recipients.get((key.channel, key.thread), "")
         if not (self._native and key.thread and user):
@@ -157,29 +238,47 @@ class SlackSender:
             log.info("native streaming unavailable (%s); using chat.update", exc.error)
             self._native = False
             return None
-        return str(data.get("ts", ""))
+        except PlatformError as exc:
+            self._note_unsure(key, exc, text, after, stream=True)
+            raise
+        return self._remember(str(data.get("ts", "")))
+
+    async def _stop_stream(self, channel: str, ts: str) -> None:
+        """End a stream that may still be open (an unclear call, an adopted lost stream)."""
+        try:
+            await self._api("chat.stopStream", channel=channel, ts=ts)
+        except SlackRefused as exc:  # not (or no longer) streaming: fine
+            log.debug("stream %s already stopped (%s)", ts, exc.error)
+        self._stopping.discard(ts)
 
     # -- the adapter's send side ---------------------------------------------------------
 
-    async def send(self, key: ConversationKey, text: str, *, final: bool) -> MessageRef:
+    async def send(
+        self, key: ConversationKey, text: str, *, final: bool, after: str = ""
+    ) -> MessageRef:
+        """Post `text`; `after` is the ts of the question it answers (see _adopt_lost_post)."""
+        after = after or self.asked.get((key.channel, key.thread), "")
         body = _render(text) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
         posting = self._placeholders.get(key)
-        if posting is not None:
-            placeholder = await _posted(posting)
-            if placeholder:
-                try:
-                    await self._update(key, placeholder, body)
-                    ts = placeholder
-                except SlackRefused:  # deleted meanwhile: post a new message instead
-                    pass
-            self._placeholders.pop(key, None)
+        placeholder = await _posted(posting) if posting is not None else ""
+        if not placeholder and (placeholder := await self._adopt_lost_post(key)):
+            self._placeholders[key] = _done(placeholder)  # kept if the edit below fails
+        if placeholder:
+            try:
+                if placeholder in self._stopping:
+                    await self._stop_stream(key.channel, placeholder)
+                await self._update(key, placeholder, body)
+                ts = placeholder
+            except SlackRefused:  # deleted meanwhile: post a new message instead
+                pass
+        self._placeholders.pop(key, None)
         if not ts and not final:
-            ts = await self._start_stream(key, text) or ""
+            ts = await self._start_stream(key, text, after) or ""
             mode = "stream" if ts else "update"
         if not ts:
-            ts = await self._post(key, body)
+            ts = await self._post(key, body, after)
         if not final:
             live = self._live[ts] = _Live(key, mode, text if mode == "stream" else "")
             self._budget_for(live).open(ts)
@@ -193,6 +292,9 @@ class SlackSender:
             if final:
                 self._finish(ref.message_id, live)
             return
+        if live.stop_first:
+            await self._stop_stream(key.channel, ref.message_id)
+            live.stop_first = False
         await self._update(key, ref.message_id, _render(text) if final else escape(text))
         if final:
             self._finish(ref.message_id, live)
@@ -216,10 +318,22 @@ class SlackSender:
             await self._api("chat.stopStream", channel=channel, ts=ts)
         except SlackRefused as exc:
             log.info("stream %s ended early (%s); editing instead", ts, exc.error)
+        except PlatformError as exc:
+            if not _unclear(exc):
+                raise
+            # Slack may or may not have taken the delta: appending it again could show it
+            # twice. Set the whole text with chat.update from now on instead.
+            log.info("stream %s: unclear append (%s); editing instead", ts, exc)
+            self._to_updates(ts, live)
+            live.stop_first = True
+            raise
+        self._to_updates(ts, live)
+        return False
+
+    def _to_updates(self, ts: str, live: _Live) -> None:
         self._append_budget(live.key.workspace).close(ts)
         live.mode = "update"
         self.edit_budget(live.key.workspace).open(ts)
-        return False
 
     def _finish(self, ts: str, live: _Live) -> None:
         self._budget_for(live).close(ts)
@@ -229,6 +343,9 @@ class SlackSender:
         """assistant.threads.setStatus in a thread; elsewhere (or where Slack refuses it) a
         placeholder message that the first text then replaces."""
         if key in self._placeholders or any(live.key == key for live in self._live.values()):
+            return
+        if lost := await self._adopt_lost_post(key):
+            self._placeholders[key] = _done(lost)
             return
         if key.thread and self._status_works:
             try:
@@ -242,13 +359,21 @@ class SlackSender:
             except SlackRefused as exc:
                 log.info("thinking status unavailable (%s); posting a placeholder", exc.error)
                 self._status_works = False
-        posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_"))
+        after = self.asked.get((key.channel, key.thread), "")
+        posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_", after))
         posting.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._placeholders[key] = posting
         # Shielded: when the first words cancel the typing loop mid-call, Slack may still
         # post the placeholder, and send() must find it (and wait for it) to turn it into
         # the answer — else it would stay "is thinking…" next to the answer for good.
         await asyncio.shield(posting)
+
+
+def _done(ts: str) -> asyncio.Future[str]:
+    """A placeholder that is already posted."""
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    future.set_result(ts)
+    return future
 
 
 async def _posted(posting: asyncio.Future[str]) -> str:
