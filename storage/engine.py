@@ -77,5 +77,8 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, foreign_keys: bool) -> None:
             # FULL: a commit survives power loss too; one fsync per turn is nothing here.
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+            # Deleted rows are overwritten, not left in free space (/forget, /reset, expiry);
+            # many builds default to this already, not all.
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.types import ConversationKey
@@ -177,7 +178,19 @@ class SqlRepository:
                         ~exists().where(turns.c.conversation_id == conversations.c.id),
                     )
                 )
+        if owners and self.engine.dialect.name == "sqlite":
+            await self._checkpoint()
         return len(owners)
+
+    async def _checkpoint(self) -> None:
+        """SQLite's write-ahead log keeps the old pages of what was just deleted (and the
+        main file keeps them until a checkpoint), so a forgotten user's words would stay on
+        disk for a while. Copying the log back now and truncating it leaves no copy."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except DBAPIError as exc:  # the rows are gone either way; only the copies remain
+            log.warning("could not checkpoint the SQLite log after a /forget: %s", exc)
 
     async def prune_expired(
         self, ttl_seconds: float, *, protect: Collection[ConversationKey] = ()
