@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -23,6 +24,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterLimits, CoreHandler
@@ -46,6 +48,7 @@ THREAD_HINT = (
 )
 _HANDLED_SUBTYPES = {None, "thread_broadcast", "file_share"}
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+REPLAY_WINDOW = 5 * 60.0  # seconds: Bolt refuses requests signed longer ago (or ahead)
 
 
 class StartError(BaseStartError):
@@ -70,6 +73,32 @@ class _Recent:
         while len(self._items) > self._size:
             self._items.popitem(last=False)
         return not known
+
+
+class _Replays:
+    """Signatures of the signed requests taken in the last `window` seconds, at most `size`.
+
+    Bolt refuses a request whose timestamp is more than five minutes off, but within that
+    window a captured request (body, timestamp and signature) would be accepted again as
+    often as it is sent — a slash command like `/edgeqa reset-all` run twice. A signature is
+    an HMAC over the timestamp and the body, so it names one request exactly.
+    """
+
+    def __init__(self, window: float = REPLAY_WINDOW, size: int = 100_000) -> None:
+        self._window = window
+        self._size = size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first(self, signature: str, now: float) -> bool:
+        """Remember `signature`; False if it was seen within the window."""
+        while self._seen and next(iter(self._seen.values())) < now - self._window:
+            self._seen.popitem(last=False)
+        if signature in self._seen:
+            return False
+        self._seen[signature] = now
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return True
 
 
 class SlackAdapter:
@@ -110,6 +139,12 @@ class SlackAdapter:
         self._threads = _Recent(10_000)  # (channel, thread_ts) the bot takes part in
         self.bot_user_id = ""
         self.team_id = ""
+        self._verifier = (
+            SignatureVerifier(secret.get_secret_value())
+            if section.mode == "http" and secret
+            else None
+        )
+        self._replays = _Replays()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -155,9 +190,28 @@ class SlackAdapter:
             app.router.add_post(self._settings.commands_path, self._on_http)
 
     async def _on_http(self, request: web.Request) -> web.Response:
-        # Bolt checks the signature and the timestamp (older than 5 minutes: 401).
+        # Bolt checks the signature and the timestamp (older than 5 minutes: 401); a signed
+        # request seen before is acknowledged and dropped, so a replay changes nothing.
+        body = await request.text()
+        signature = request.headers.get("X-Slack-Signature", "")
+        timestamp = request.headers.get("X-Slack-Request-Timestamp")
+        signed = self._signed(body, timestamp, signature)
+        if signed and not self._replays.first(signature, time.monotonic()):
+            log.warning("slack: ignored a replayed request from %s", request.remote)
+            return web.Response(status=200)
+        if not signed and timestamp is not None and not timestamp.strip().isdigit():
+            # Bolt would fail on int(timestamp) with a 500 and a traceback.
+            return web.json_response({"error": "invalid request"}, status=401)
         bolt_response = await self._app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(bolt_response)
+
+    def _signed(self, body: str, timestamp: str | None, signature: str) -> bool:
+        if self._verifier is None:
+            return False
+        try:
+            return self._verifier.is_valid(body, timestamp, signature)
+        except ValueError:  # a timestamp that is not a number
+            return False
 
     # -- sending (see sender.py) ---------------------------------------------------------
 
