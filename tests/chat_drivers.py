@@ -36,10 +36,12 @@ ADMIN_SLOTS = 64  # admin identities handed out per driver (ids are fixed before
 
 @dataclass(frozen=True)
 class Conv:
-    """A conversation of its own, held by an ordinary user or an admin."""
+    """A conversation of its own, held by an ordinary user or an admin. `who` picks the
+    user's id where the platform lets the client choose it (the web chat's browser id)."""
 
     name: str
     admin: bool = False
+    who: str = ""
 
 
 class Driver:
@@ -73,6 +75,10 @@ class Driver:
         raise NotImplementedError
 
     def key(self, conv: Conv) -> ConversationKey:
+        raise NotImplementedError
+
+    def user_ref(self, conv: Conv) -> str:
+        """How a person names the user of `conv` in a command (/forget ...)."""
         raise NotImplementedError
 
     def messages(self, conv: Conv) -> list[Any]:
@@ -148,13 +154,16 @@ class WebDriver(Driver):
             await self.session.close()
 
     def browser(self, conv: Conv) -> str:
-        return self.ADMIN if conv.admin else "corpus-user"
+        return conv.who or (self.ADMIN if conv.admin else "corpus-user")
 
     def thread(self, conv: Conv) -> str:
         return f"thread-{self.number(conv):04d}"
 
     def key(self, conv: Conv) -> ConversationKey:
         return ConversationKey("web", "", self.browser(conv), self.thread(conv))
+
+    def user_ref(self, conv: Conv) -> str:
+        return self.browser(conv)
 
     async def _subscribe(self, browser: str) -> None:
         if browser in self._streams:
@@ -237,6 +246,9 @@ class TelegramDriver(Driver):
     def key(self, conv: Conv) -> ConversationKey:
         return ConversationKey("telegram", "", str(self.user_id(conv)), "")
 
+    def user_ref(self, conv: Conv) -> str:
+        return f"@{self.fake.users[self.user_id(conv)]['username']}"
+
     async def ask(self, conv: Conv, text: str) -> None:
         uid = self.user_id(conv)
         user = self.fake.users.get(uid) or self.fake.user(uid, f"User {conv.name}", f"u{uid}")
@@ -288,7 +300,12 @@ class SlackDriver(Driver):
         return [SlackAdapter(settings)]
 
     async def started(self, app: App) -> None:
-        await self.ws.socket.wait_connected()
+        slack = app.settings.slack
+        if slack.mode == "socket":
+            await self.ws.socket.wait_connected()
+        else:  # events and slash commands come as signed POSTs to the bot's HTTP server
+            self.ws.http_url = f"http://127.0.0.1:{app.port}{slack.events_path}"
+            self.ws.commands_url = f"http://127.0.0.1:{app.port}{slack.commands_path}"
 
     @staticmethod
     def _user(number: int, *, admin: bool) -> str:
@@ -303,6 +320,9 @@ class SlackDriver(Driver):
     def key(self, conv: Conv) -> ConversationKey:
         thread = self._threads.get(conv, "") if self.mention else ""
         return ConversationKey("slack", self.ws.team_id, self.channel(conv), thread)
+
+    def user_ref(self, conv: Conv) -> str:
+        return f"<@{self.user(conv)}>"
 
     async def ask(self, conv: Conv, text: str) -> None:
         if not self.mention:
