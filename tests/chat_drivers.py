@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from adapters.web import WebChatAdapter
 from bot.app import App
 from bot.config import Settings
 from bot.types import ConversationKey
+from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -345,6 +348,32 @@ class SlackDriver(Driver):
 
     def shows(self, message: Any, text: str) -> bool:
         return bool(message.text == (to_mrkdwn(text) or escape(text)))
+
+
+async def turns(app: App, driver: Driver, conv: Conv) -> list[Turn]:
+    return list(await app.repo.load_history(driver.key(conv)))
+
+
+async def until(check: Callable[[], Awaitable[object]], within: float = 30.0) -> bool:
+    """Poll the async `check` until it is truthy; False after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def answered(app: App, driver: Driver, conv: Conv, count: int) -> list[Turn]:
+    """Wait until `count` turns are stored and the last one is shown; return the turns."""
+    found: list[Turn] = []
+
+    async def done() -> bool:
+        found[:] = await turns(app, driver, conv)
+        return len(found) >= count and driver.last_ok(conv, found[-1].answer)
+
+    assert await until(done), f"{conv}: {len(found)} turns, chat shows {driver.replies(conv)}"
+    return found
 
 
 DRIVERS = {

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import shutil
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,8 +31,17 @@ from adapters.slack.render import to_mrkdwn
 from adapters.telegram.render import render
 from bot.app import App
 from bot.service import CUT_NOTE
-from storage.base import Turn
-from tests.chat_drivers import DRIVERS, Conv, Driver, SlackDriver, TelegramDriver, WebDriver
+from tests.chat_drivers import (
+    DRIVERS,
+    Conv,
+    Driver,
+    SlackDriver,
+    TelegramDriver,
+    WebDriver,
+    answered,
+    turns,
+    until,
+)
 from tests.fakes.telegram_api import parse_html
 from tests.harness import running_app, test_settings
 from tests.test_slack_support import PROXY_VARIABLES
@@ -128,32 +136,6 @@ async def running(
         await driver.close()
 
 
-async def turns(app: App, driver: Driver, conv: Conv) -> list[Turn]:
-    return list(await app.repo.load_history(driver.key(conv)))
-
-
-async def until(check: Any, within: float = WITHIN) -> bool:
-    """Poll the (async) `check` until it is truthy; False after `within` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def answered(app: App, driver: Driver, conv: Conv, count: int) -> list[Turn]:
-    """Wait until `count` turns are stored and the last one is shown; return the turns."""
-    found: list[Turn] = []
-
-    async def done() -> bool:
-        found[:] = await turns(app, driver, conv)
-        return len(found) >= count and driver.last_ok(conv, found[-1].answer)
-
-    assert await until(done), f"{conv}: {len(found)} turns, chat shows {driver.replies(conv)}"
-    return found
-
-
 async def settle_case(app: App, driver: Driver, case: Case) -> str:
     """Wait for the case's outcome to show; '' when it did, else what went wrong."""
     expect, conv = case.outcome(driver.platform), case.conv
@@ -175,7 +157,7 @@ async def settle_case(app: App, driver: Driver, case: Case) -> str:
         async def shown() -> bool:
             return any(needle in text for text in driver.replies(conv))
 
-    if await until(shown):
+    if await until(shown, WITHIN):
         return ""
     stored = [t.answer for t in await turns(app, driver, conv)]
     return f"expected {expect}; chat shows {driver.replies(conv)!r:.300}, stored {stored!r:.200}"

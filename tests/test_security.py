@@ -35,11 +35,18 @@ from adapters.base import Adapter
 from bot.app import App
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import QUIET, setup_logging
-from tests.chat_drivers import Conv, Driver, SlackDriver, TelegramDriver, WebDriver
+from tests.chat_drivers import (
+    Conv,
+    Driver,
+    SlackDriver,
+    TelegramDriver,
+    WebDriver,
+    answered,
+    until,
+)
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
 from tests.harness import running_app, test_settings
 from tests.storage_support import BACKENDS, database_url
-from tests.test_bad_input import answered, until
 from tests.test_slack_support import PROXY_VARIABLES
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
