@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from llm.models import resolve_model
 from llm.native import ContextParams, NativeContext, NativeModel, SamplingParams, init_backend
 
 log = logging.getLogger(__name__)
+
+TOKEN_CACHE_ENTRIES = 4096
 
 
 class LlamaCppEngine:
@@ -64,6 +67,7 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._worker: Worker | None = None
         self.model_path: Path | None = None
+        self._tokens: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()
         self.load_seconds = 0.0
 
     async def start(self) -> None:
@@ -128,6 +132,7 @@ class LlamaCppEngine:
         if self._model is not None:
             self._model.free()
             self._model = None
+        self._tokens.clear()
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The exact tokens the model reads for `messages` plus the assistant header."""
@@ -139,7 +144,25 @@ class LlamaCppEngine:
         if model.add_bos and not (segments and segments[0][0].startswith(template_bos(model))):
             tokens.append(model.bos)
         for text, literal in segments:
-            tokens += model.tokenize(text, special=not literal)
+            tokens += self._tokenize(model, text, special=not literal)
+        return tokens
+
+    def _tokenize(self, model: NativeModel, text: str, *, special: bool) -> tuple[int, ...]:
+        """Tokenize one segment, remembering recent ones.
+
+        The core counts a thread's history message by message and then as a whole, and the
+        next question repeats it all; tokenizing ~1,000 tokens takes a few milliseconds of
+        the event loop's time, a lookup takes microseconds.
+        """
+        key = (text, special)
+        cached = self._tokens.get(key)
+        if cached is not None:
+            self._tokens.move_to_end(key)
+            return cached
+        tokens = tuple(model.tokenize(text, special=special))
+        self._tokens[key] = tokens
+        if len(self._tokens) > TOKEN_CACHE_ENTRIES:
+            self._tokens.popitem(last=False)
         return tokens
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:

@@ -266,3 +266,19 @@ async def test_engines_start_and_close_one_after_another(make_engine: MakeEngine
         await engine.close()
     with pytest.raises(EngineError):
         engine.count_tokens([ChatMessage("user", "closed")])
+
+
+async def test_counting_tokens_while_answers_stream_gives_the_same_counts(
+    make_engine: MakeEngine,
+) -> None:
+    engine = await make_engine(max_tokens=1500)
+    questions = [[ChatMessage("user", f"question {i}: " + "why? " * i)] for i in range(300)]
+    streams = [asyncio.ensure_future(answer(engine, ask(f"long {i}", str(i)))) for i in range(4)]
+    while_busy = []
+    for messages in questions:
+        while_busy.append(engine.count_tokens(messages))
+        await asyncio.sleep(0)
+    assert not all(s.done() for s in streams)  # the counting overlapped the decoding
+    await asyncio.gather(*streams)
+    idle = await make_engine()
+    assert while_busy == [idle.count_tokens(m) for m in questions]
