@@ -100,3 +100,11 @@ async def test_waitline_positions_move_up_and_the_bound_holds() -> None:
     line.leave(running)
     await third.moved()
     assert third.admitted and line.running == 1 and line.queued == 0
+
+
+def test_threads_default_to_physical_cores_this_process_may_use() -> None:
+    import os
+
+    from llm.llama_engine import physical_cores
+
+    assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
