@@ -296,7 +296,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
             row: dict[Any, Any] = {}
             for key, run in plan.items():
-                row[key], others = await measured(run, args.retries)
+                row[key], others = await measured(run, args.retries, args.patience)
                 noise.append(others)
                 print(f"  round {number + 1}: {_brief(key, row[key])} (others {others:.2f} cores)")
             rounds.append(row)
@@ -311,10 +311,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-async def measured(run: Callable[[], Awaitable[Any]], retries: int) -> tuple[Any, float]:
+async def measured(
+    run: Callable[[], Awaitable[Any]], retries: int, patience: float
+) -> tuple[Any, float]:
     """Run a measurement when the machine is quiet; redo it if others got busy meanwhile."""
     for attempt in range(retries + 1):
-        await wait_until_quiet()
+        await wait_until_quiet(limit=patience)
         with CpuWatch() as watch:
             result = await run()
         if watch.others < NOISY or attempt == retries:
@@ -402,6 +404,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measure when other processes were busy"
+    )
+    parser.add_argument(
+        "--patience", type=float, default=120, help="seconds to wait for a quiet machine"
     )
     parser.add_argument("--peer", action="store_true", help="also load llama_cpp.server")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
