@@ -146,7 +146,7 @@ class ConversationService:
 
     async def _question(self, adapter: Adapter, msg: IncomingMessage) -> None:
         text = clean_text(msg.text)
-        if not text.strip():
+        if not has_words(text):
             await self._reply(adapter, msg, "Ask me a question in words and I'll answer here.")
             return
         if not self._accepting:
@@ -394,3 +394,8 @@ class ConversationService:
         with contextlib.suppress(TimeoutError):
             # Cut answers still need their final edit and their turn stored.
             await asyncio.wait_for(self._idle.wait(), 10.0)
+
+
+def has_words(text: str) -> bool:
+    """Anything visible? Zero-width and direction marks alone are not a question."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)

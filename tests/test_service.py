@@ -210,7 +210,7 @@ async def test_users_outside_the_allow_list_are_ignored(tmp_path: Path) -> None:
         assert chat.messages() == [ANSWER]
 
 
-@pytest.mark.parametrize("junk", ["", "   \n\t ", "\x00\x01\x02"])
+@pytest.mark.parametrize("junk", ["", "   \n\t ", "\x00\x01\x02", "\u200b\u200d\u202e \ufeff"])
 async def test_empty_questions_get_a_hint(app: App, chat: RecordingAdapter, junk: str) -> None:
     await app.service.handle(ask(junk))
     assert chat.messages() == ["Ask me a question in words and I'll answer here."]
