@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -282,9 +283,11 @@ def report(number: int, result: Round) -> None:
     print(f"  errors   {len(errors)}")
     for conv in errors[:5]:
         print(f"    {conv.thread}: {conv.error or conv.final[:120]!r}")
+    at_once = [c.first_visible for c in answered if c.first_visible and not c.queue_positions]
     print(
         f"  time to first visible token: p50 {percentile(ttft, 50):.2f} s, "
-        f"p99 {percentile(ttft, 99):.2f} s (answered questions)"
+        f"p99 {percentile(ttft, 99):.2f} s (answered questions; those that did not wait: "
+        f"p50 {percentile(at_once, 50):.2f} s)"
     )
     print(
         f"  tokens: {result.tokens:.0f} in {result.wall:.1f} s = "
@@ -322,6 +325,9 @@ async def main() -> int:
         f"{args.max_tokens}; slots {args.slots or 'default'}; max_queue "
         f"{args.max_queue if args.max_queue is not None else 'default'}"
     )
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # stop the bot
     with tempfile.TemporaryDirectory(prefix="edgeqa-load-") as workdir:
         bot = Bot(args, Path(workdir))
         await bot.start()
@@ -361,5 +367,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         sys.exit(asyncio.run(main()))
