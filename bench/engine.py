@@ -117,6 +117,7 @@ class Load:
     wall: float
     decode_wall: float
     worst_ttft: float
+    shortest: int
 
     @property
     def total_tps(self) -> float:
@@ -144,8 +145,19 @@ _runs = itertools.count()
 
 
 async def concurrent(engine: Engine, streams: int, tokens: int, name: str) -> Load:
-    """`streams` conversations asking at once; prompts are new to the cache every time."""
-    run_id = f"{name}#{next(_runs)}"
+    """`streams` conversations asking at once, with prompts the cache has never seen.
+
+    Throughput is only comparable when every answer runs to `tokens`; if one ends early
+    (the model's end of turn) the load is run again with other prompts.
+    """
+    for _ in range(8):
+        load = await _concurrent_once(engine, streams, tokens, f"{name}#{next(_runs)}")
+        if load.shortest >= tokens:
+            return load
+    return load
+
+
+async def _concurrent_once(engine: Engine, streams: int, tokens: int, run_id: str) -> Load:
     requests = [
         GenerationRequest(
             [
@@ -168,6 +180,7 @@ async def concurrent(engine: Engine, streams: int, tokens: int, name: str) -> Lo
         wall=end - start,
         decode_wall=end - first,
         worst_ttft=max(r[2] - r[1] for r in results),
+        shortest=min(r[0] for r in results),
     )
 
 
