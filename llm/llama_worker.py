@@ -97,7 +97,7 @@ class Worker:
             position = len(self._waiting) + 1 - (len(self.slots) - self._active)
             if position > self.max_queue:
                 self.totals.rejected += 1
-                raise EngineBusy(f"{len(self._waiting)} questions are already waiting")
+                raise EngineBusy(f"{position - 1} questions are already waiting")
             job.position = max(position, 0)
             self._waiting.append(job)
             self.totals.requests += 1
