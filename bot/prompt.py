@@ -71,17 +71,23 @@ def _fit_question(
     whole = ChatMessage("user", question)
     if count([*system, whole]) <= budget:
         return whole, False
-    # Binary search on how many characters to keep, split between head and tail.
+    # Binary search on how many characters to keep.
     low, high = 0, len(question)
     best = ChatMessage("user", CUT_MARKER.strip())
     while low <= high:
         keep = (low + high) // 2
-        head = keep * 2 // 3
-        candidate = ChatMessage(
-            "user", question[:head] + CUT_MARKER + question[len(question) - (keep - head) :]
-        )
+        candidate = ChatMessage("user", cut_middle(question, keep))
         if count([*system, candidate]) <= budget:
             best, low = candidate, keep + 1
         else:
             high = keep - 1
     return best, True
+
+
+def cut_middle(text: str, keep: int) -> str:
+    """Keep `keep` characters of `text`: two thirds from the start, one third from the end,
+    with CUT_MARKER between them. Text that fits is returned as it is."""
+    if len(text) <= keep:
+        return text
+    head = keep * 2 // 3
+    return text[:head] + CUT_MARKER + text[len(text) - (keep - head) :]

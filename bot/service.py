@@ -20,7 +20,7 @@ from bot.commands import Command, help_text, parse_command, parse_user_ref
 from bot.config import Settings
 from bot.flusher import DeliveryFailed, StreamFlusher
 from bot.metrics import Metrics
-from bot.prompt import CUT_MARKER, build_prompt
+from bot.prompt import build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
 from bot.text import clean_text
 from bot.types import ConversationKey, IncomingMessage, Progress
@@ -198,9 +198,8 @@ class ConversationService:
         received = time.monotonic()
         await self._repo.touch(msg.key)
         history = await self._repo.load_history(msg.key)
-        max_chars = self._settings.bot.max_question_chars
-        if len(text) > max_chars:
-            text = text[: max_chars * 2 // 3] + CUT_MARKER + text[-(max_chars // 3) :]
+        too_long = len(text) > self._settings.bot.max_question_chars
+        text = cut_middle(text, self._settings.bot.max_question_chars)
         prompt = build_prompt(
             self._settings.bot.system_prompt,
             history,
@@ -208,7 +207,7 @@ class ConversationService:
             budget=self._budget(),
             count=self._engine.count_tokens,
         )
-        if prompt.question_cut or CUT_MARKER in text:
+        if prompt.question_cut or too_long:
             flusher.feed(CUT_NOTE)
         request = GenerationRequest(prompt.messages, conversation_id=str(msg.key))
 
