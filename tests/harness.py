@@ -11,6 +11,7 @@ By default the engine is the real llama.cpp engine (llm.factory) on the model gi
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -58,6 +59,14 @@ def _empty_config(tmp_path: Path) -> Path:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (just now): for a server a test starts on it, or
+    for an address that must refuse connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

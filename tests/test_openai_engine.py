@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,37 +14,15 @@ from aiohttp import web
 from bot.config import EngineSettings
 from llm.base import ChatMessage, EngineBusy, EngineError, GenerationRequest, ModelError
 from llm.openai_engine import OpenAICompatEngine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.harness import free_port
+from tests.model_server import llama_cpp_server
 
 
 @pytest.fixture(scope="module")
 def llama_server(tiny_script_model_path: Path) -> Iterator[str]:
     """`python -m llama_cpp.server` on loopback, serving the tiny scripted model."""
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_script_model_path)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]
-    command += ["--verbose", "False", "--interrupt_requests", "False"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/models", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(server.stderr.read().decode()[-2000:]) from None  # type: ignore[union-attr]
-                time.sleep(0.2)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with llama_cpp_server(tiny_script_model_path, n_ctx=512) as base:
+        yield f"{base}/v1"
 
 
 def _settings(base: str, **kw: Any) -> EngineSettings:
@@ -98,7 +71,7 @@ async def test_closing_the_stream_frees_the_slot(llama_server: str, tiny_script:
 
 
 async def test_an_unreachable_server_is_a_model_error_at_start() -> None:
-    settings = _settings(f"http://127.0.0.1:{_free_port()}/v1", openai_connect_retries=1)
+    settings = _settings(f"http://127.0.0.1:{free_port()}/v1", openai_connect_retries=1)
     engine = OpenAICompatEngine(settings)
     with pytest.raises(ModelError, match="openai_base_url"):
         await engine.start()

@@ -22,11 +22,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +41,7 @@ from storage.models import conversations
 from storage.sql import SqlRepository
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
+from tests.model_server import llama_cpp_server
 from tests.storage_support import PG_URL, database_url
 
 pytestmark = [
@@ -68,35 +67,11 @@ EXPECTED = re.compile(r"skipped: maximum number of running instances reached")
 # -- the processes ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def llama_server(tiny_script_model_path: Path) -> Iterator[str]:
     """`python -m llama_cpp.server` on loopback: the one model server both replicas share."""
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_script_model_path)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
-    command += ["--verbose", "False", "--interrupt_requests", "False"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/v1/models", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(server.stderr.read().decode()[-2000:]) from None  # type: ignore[union-attr]
-                time.sleep(0.2)
+    with llama_cpp_server(tiny_script_model_path, n_ctx=1024) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 class Replica:
