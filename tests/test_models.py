@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from llm.gguf_check import _TYPE_SIZES, check_gguf
 from llm.llama_engine import LlamaCppEngine
 from llm.models import pull_model, resolve_model
 from llm.openai_engine import OpenAICompatEngine
+from tests.harness import free_port
 
 REF = "acme/tiny-GGUF/tiny-q8.gguf"
 
@@ -91,7 +91,7 @@ def test_a_missing_local_path_says_how_to_point_at_a_gguf(tmp_path: Path) -> Non
 def test_offline_without_a_cached_file_is_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelError) as caught:
         resolve_model(REF, tmp_path / "models")
@@ -172,9 +172,3 @@ def test_the_factory_builds_the_configured_engine(monkeypatch: pytest.MonkeyPatc
     remote = create_engine(Settings())
     assert isinstance(remote, OpenAICompatEngine)
     assert remote._api_key == "sk-test-123456"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -20,7 +20,6 @@ import asyncio
 import io
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -45,7 +44,7 @@ from tests.chat_drivers import (
     until,
 )
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
-from tests.harness import running_app, test_settings
+from tests.harness import free_port, running_app, test_settings
 from tests.storage_support import BACKENDS, database_url
 from tests.test_slack_support import PROXY_VARIABLES
 
@@ -247,9 +246,7 @@ async def test_telegram_webhook_refuses_wrong_secrets_and_takes_an_update_once(
 ) -> None:
     driver = TelegramDriver()
     secret = "wh-3a1f5c9e7b2d4f6a8c0e"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/telegram/webhook"
     env = {
         "EDGEQA_WEB__PORT": str(port),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +12,7 @@ from bot.config import HistorySettings
 from storage.base import Scope
 from storage.models import conversations
 from storage.sql import SqlRepository
+from tests.harness import free_port
 from tests.storage_support import (
     BACKENDS,
     age,
@@ -307,10 +307,7 @@ async def test_in_memory_sqlite_works_for_quick_setups():
 
 async def test_ping_tells_whether_the_database_answers(repo):
     assert await repo.ping() is True
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    down = SqlRepository(f"postgresql+asyncpg://nobody@127.0.0.1:{port}/x", migrate=False)
+    down = SqlRepository(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/x", migrate=False)
     await down.start()
     try:
         assert await down.ping() is False

@@ -10,7 +10,6 @@ twice.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from bot.app import App
 from bot.flusher import split_point
 from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
-from tests.harness import running_app, test_settings
+from tests.harness import free_port, running_app, test_settings
 
 # PTB itself warns (building RetryAfter) that retry_after will become a timedelta one day.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -302,12 +301,6 @@ async def test_commands_and_admin_refusals(fake, bot) -> None:
 
 
 # -- webhook mode ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_webhook_mode_answers_and_rejects_a_wrong_secret(fake, bot) -> None:
