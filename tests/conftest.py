@@ -1,15 +1,24 @@
-"""Shared fixtures: tiny real GGUF models that llama.cpp loads in milliseconds.
+"""Shared fixtures.
 
-`tiny_model_path`: random weights; greedy answers are printable ASCII that depend on the
-whole prompt and always run to max_tokens. `tiny_script_model_path`: always answers
-`tiny_script` (fixture) and then ends its turn. See tests/tiny_gguf.py.
+Tiny real GGUF models that llama.cpp loads in milliseconds: `tiny_model_path`: random
+weights; greedy answers are printable ASCII that depend on the whole prompt and always run
+to max_tokens. `tiny_script_model_path`: always answers `tiny_script` (fixture) and then
+ends its turn. See tests/tiny_gguf.py.
+
+The storage tests' databases: `url`, an empty database once per backend (SQLite, and
+PostgreSQL when EDGEQA_TEST_DATABASE_URL is set), and `repo`, a started SqlRepository on it.
+See tests/storage_support.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from storage.sql import SqlRepository
+from tests.storage_support import BACKENDS, database_url, open_repo
 
 try:
     from tests.tiny_gguf import write_tiny_model
@@ -36,3 +45,15 @@ def tiny_script_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(
         tmp_path_factory.mktemp("models") / "tiny-script.gguf", script=TINY_SCRIPT
     )
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with database_url(request.param, tmp_path) as value:
+        yield value
+
+
+@pytest.fixture
+async def repo(url: str) -> AsyncIterator[SqlRepository]:
+    async with open_repo(url) as value:
+        yield value

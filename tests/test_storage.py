@@ -14,28 +14,14 @@ from storage.models import conversations
 from storage.sql import SqlRepository
 from tests.harness import free_port
 from tests.storage_support import (
-    BACKENDS,
     age,
     count_conversations,
     count_turns,
-    database_url,
     has_conversation,
     key,
     last_active,
     open_repo,
 )
-
-
-@pytest.fixture(params=BACKENDS)
-async def url(request, tmp_path):
-    async with database_url(request.param, tmp_path) as value:
-        yield value
-
-
-@pytest.fixture
-async def repo(url):
-    async with open_repo(url) as value:
-        yield value
 
 
 async def test_history_comes_back_oldest_first_with_every_field(repo):

@@ -6,36 +6,21 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from storage.models import conversations
 from storage.pruning import PruneJob, prune_once, schedule_pruning
 from storage.sql import PRUNE_BATCH
 from tests.storage_support import (
-    BACKENDS,
     age,
     count_conversations,
     count_turns,
-    database_url,
     has_conversation,
     key,
     open_repo,
 )
 
 HOUR = 3600.0
-
-
-@pytest.fixture(params=BACKENDS)
-async def url(request, tmp_path):
-    async with database_url(request.param, tmp_path) as value:
-        yield value
-
-
-@pytest.fixture
-async def repo(url):
-    async with open_repo(url) as value:
-        yield value
 
 
 async def _conversation(repo, k, turns=2, idle=0.0):

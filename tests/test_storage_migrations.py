@@ -7,7 +7,6 @@ import fnmatch
 import tomllib
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -15,15 +14,9 @@ from sqlalchemy import inspect
 from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import metadata
-from tests.storage_support import BACKENDS, database_url, key, open_repo
+from tests.storage_support import key, open_repo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=BACKENDS)
-async def url(request, tmp_path):
-    async with database_url(request.param, tmp_path) as value:
-        yield value
 
 
 async def _inspect(url, fn):
