@@ -6,6 +6,10 @@
 
 By default the engine is the real llama.cpp engine (llm.factory) on the model given; pass
 `engine=` only in tests of the core's own logic.
+
+The end-to-end tests of every platform check a chat against what the bot stored:
+`await stored(app, key)` waits for the answers (they are stored once delivered), and
+`pieces(answer, limit)` cuts an answer into messages exactly where the flusher does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from adapters.base import Adapter
 from bot.app import App
 from bot.config import Settings, load_settings
+from bot.flusher import split_point
+from bot.types import ConversationKey
 from llm.base import Engine
 
 TEST_DEFAULTS = {
@@ -98,3 +104,27 @@ async def eventually(
                 raise failure
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+async def answers(app: App, key: ConversationKey) -> list[str]:
+    return [turn.answer for turn in await app.repo.load_history(key)]
+
+
+async def stored(app: App, key: ConversationKey, count: int = 1) -> list[str]:
+    """The answers stored for `key`, once there are `count` of them (stored after delivery)."""
+    for _ in range(1500):
+        found = await answers(app, key)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{key} has {len(await answers(app, key))} answers, not {count}")
+
+
+def pieces(answer: str, limit: int) -> list[str]:
+    """The answer cut into messages exactly where the flusher cuts it."""
+    out = []
+    while len(answer) > limit:
+        cut = split_point(answer, limit)
+        out.append(answer[:cut])
+        answer = answer[cut:]
+    return [*out, answer]

@@ -29,8 +29,8 @@ from bot.service import UNDELIVERED
 from bot.types import ConversationKey
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import eventually, running_app, test_settings
-from tests.test_slack_e2e import answered, expected_messages
+from tests.harness import eventually, running_app, stored, test_settings
+from tests.test_slack_e2e import expected_messages
 from tests.test_slack_support import PROXY_VARIABLES
 from tests.tiny_gguf import write_tiny_model
 
@@ -127,7 +127,7 @@ async def test_a_fault_at_any_step_still_delivers_the_answer(
     fault = inject(ws, mode, step, kind)
     async with bot(model, **env) as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> tell me something long")
-        [answer] = await answered(app, conversation(ws, asked.ts))
+        [answer] = await stored(app, conversation(ws, asked.ts))
         assert app.metrics.get("edgeqa_delivery_failures_total") == 0
     assert fault.hits == 1  # the fault did happen, once
     replies = ws.api.bot_messages(CHANNEL, asked.ts)
@@ -153,7 +153,7 @@ async def test_a_placeholder_post_lost_on_the_way_back_is_reused(
     fault = ws.api.fail("chat.postMessage", drop="after")
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> think first")
-        [answer] = await answered(app, conversation(ws, asked.ts))
+        [answer] = await stored(app, conversation(ws, asked.ts))
     assert fault.hits == 1 and "thinking" in fault.hit[0]["text"]
     assert [m.text for m in ws.api.bot_messages(CHANNEL, asked.ts)] == expected_messages(
         answer, 3500
@@ -188,7 +188,7 @@ async def test_down_past_the_bound_counts_a_failure_keeps_the_turn_and_recovers(
     faults = outage(ws)
     async with bot(EDGEQA_BOT__DELIVERY_TIMEOUT="0.5s") as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> is anyone there?")
-        [answer] = await answered(app, conversation(ws, asked.ts))  # kept, though unseen
+        [answer] = await stored(app, conversation(ws, asked.ts))  # kept, though unseen
         assert app.metrics.get("edgeqa_delivery_failures_total") == 1
         assert ws.api.bot_messages(CHANNEL, asked.ts) == []
         # Reading the thread back failed too, so nothing was posted blindly (no notice).
@@ -196,7 +196,7 @@ async def test_down_past_the_bound_counts_a_failure_keeps_the_turn_and_recovers(
 
         end(faults)  # Slack is back: the next question is answered as usual
         again = await ws.say(CHANNEL, f"<@{ws.bot}> and now?")
-        [second] = await answered(app, conversation(ws, again.ts))
+        [second] = await stored(app, conversation(ws, again.ts))
         replies = ws.api.bot_messages(CHANNEL, again.ts)
         assert [m.text for m in replies] == expected_messages(second, 3500)
         assert app.metrics.get("edgeqa_delivery_failures_total") == 1
@@ -212,7 +212,7 @@ async def test_back_after_the_bound_the_thread_gets_the_notice(
         await eventually(lambda: tried_notice(ws))  # tried while Slack is still down...
         assert app.metrics.get("edgeqa_delivery_failures_total") == 1
         end(faults)  # ...then Slack comes back, and the notice gets through, once.
-        await answered(app, conversation(ws, asked.ts))
+        await stored(app, conversation(ws, asked.ts))
         await asyncio.sleep(0.3)
     [notice] = ws.api.bot_messages(CHANNEL, asked.ts)
     assert notice.text == to_mrkdwn(UNDELIVERED)
@@ -226,13 +226,13 @@ async def test_socket_mode_reconnects_after_the_connection_drops(
 ) -> None:
     async with bot() as app:
         first = await ws.say(CHANNEL, f"<@{ws.bot}> before")
-        await answered(app, conversation(ws, first.ts))
+        await stored(app, conversation(ws, first.ts))
         opened = ws.api.count("apps.connections.open")
         await ws.socket.drop()  # Slack hangs up (it does, e.g. to move the connection)
         await eventually(lambda: ws.socket.connections == 2)
         assert ws.api.count("apps.connections.open") > opened  # with a new URL
         again = await ws.say(CHANNEL, f"<@{ws.bot}> after")
-        [answer] = await answered(app, conversation(ws, again.ts))
+        [answer] = await stored(app, conversation(ws, again.ts))
         replies = ws.api.bot_messages(CHANNEL, again.ts)
         assert [m.text for m in replies] == expected_messages(answer, 3500)
     assert ws.socket.refused == 0
@@ -243,7 +243,7 @@ async def test_socket_mode_reconnects_after_the_server_restarts(
 ) -> None:
     async with bot() as app:
         first = await ws.say(CHANNEL, f"<@{ws.bot}> before")
-        await answered(app, conversation(ws, first.ts))
+        await stored(app, conversation(ws, first.ts))
         port = ws.socket.port
         await ws.socket.close()  # the Socket Mode server goes away...
         await asyncio.sleep(0.3)
@@ -252,7 +252,7 @@ async def test_socket_mode_reconnects_after_the_server_restarts(
         assert ws.socket.port == port
         await ws.socket.wait_connected()
         again = await ws.say(CHANNEL, f"<@{ws.bot}> after")
-        [answer] = await answered(app, conversation(ws, again.ts))
+        [answer] = await stored(app, conversation(ws, again.ts))
         replies = ws.api.bot_messages(CHANNEL, again.ts)
         assert [m.text for m in replies] == expected_messages(answer, 3500)
     assert ws.socket.connections == 2 and ws.socket.refused == 0

@@ -29,8 +29,8 @@ from adapters.telegram import TelegramAdapter
 from bot.app import App
 from bot.service import UNDELIVERED
 from tests.fakes.telegram_api import FakeTelegram, Fault, Sent
-from tests.harness import eventually, running_app, test_settings
-from tests.test_telegram_e2e import assert_shows, key_of, stored
+from tests.harness import eventually, running_app, stored, test_settings
+from tests.test_telegram_e2e import assert_shows, key_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 

@@ -9,7 +9,6 @@ cut where the flusher cuts it, each piece rendered to mrkdwn — nothing lost, n
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -19,10 +18,9 @@ import pytest
 from adapters.slack import SlackAdapter
 from adapters.slack.render import escape, to_mrkdwn
 from bot.app import App
-from bot.flusher import split_point
 from bot.types import ConversationKey
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import running_app, test_settings
+from tests.harness import answers, pieces, running_app, stored, test_settings
 from tests.test_slack_support import PROXY_VARIABLES, eventually, settle
 
 pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
@@ -72,19 +70,9 @@ def key(ws: SlackWorkspace, channel: str, thread: str) -> ConversationKey:
     return ConversationKey("slack", ws.team_id, channel, thread)
 
 
-async def answers(app: App, conversation: ConversationKey) -> list[str]:
-    return [turn.answer for turn in await app.repo.load_history(conversation)]
-
-
 def expected_messages(answer: str, limit: int) -> list[str]:
     """The answer as the flusher cuts it and the adapter renders each finished piece."""
-    pieces = []
-    while len(answer) > limit:
-        cut = split_point(answer, limit)
-        pieces.append(answer[:cut])
-        answer = answer[cut:]
-    pieces.append(answer)
-    shown = [piece if piece.strip() else "…" for piece in pieces]
+    shown = [piece if piece.strip() else "…" for piece in pieces(answer, limit)]
     return [to_mrkdwn(piece) or escape(piece) for piece in shown]
 
 
@@ -92,26 +80,11 @@ def thread_texts(ws: SlackWorkspace, channel: str, thread: str) -> list[str]:
     return [m.text for m in ws.api.bot_messages(channel, thread)]
 
 
-async def answered(app: App, conversation: ConversationKey, count: int = 1) -> list[str]:
-    """Wait until `count` answers are stored for the conversation; return them."""
-    stored: list[str] = []
-
-    async def check() -> bool:
-        stored[:] = await answers(app, conversation)
-        return len(stored) >= count
-
-    for _ in range(1500):
-        if await check():
-            return stored
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{conversation}: {len(stored)} answers, wanted {count}")
-
-
 async def test_a_mention_streams_into_its_thread(bot: Start, ws: SlackWorkspace) -> None:
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> what is a llama?")
         thread = key(ws, CHANNEL, asked.ts)
-        [answer] = await answered(app, thread)
+        [answer] = await stored(app, thread)
         limit = app.settings.slack.max_message_len
         await eventually(
             lambda: thread_texts(ws, CHANNEL, asked.ts) == expected_messages(answer, limit)
@@ -127,16 +100,16 @@ async def test_a_direct_message_conversation(bot: Start, ws: SlackWorkspace) -> 
     async with bot() as app:
         first = await ws.say(DM, "hello")
         main = key(ws, DM, "")
-        await answered(app, main, 1)
+        await stored(app, main, 1)
         await ws.say(DM, "and again")
-        stored = await answered(app, main, 2)
+        both = await stored(app, main, 2)
         limit = app.settings.slack.max_message_len
         shown = [m.text for m in ws.api.main_line(DM) if m.is_bot]
-        want = [text for answer in stored for text in expected_messages(answer, limit)]
+        want = [text for answer in both for text in expected_messages(answer, limit)]
         await eventually(lambda: [m.text for m in ws.api.main_line(DM) if m.is_bot] == want)
         assert shown  # the DM's main line, not a thread
         await ws.say(DM, "in a thread", thread_ts=first.ts)
-        [threaded] = await answered(app, key(ws, DM, first.ts))
+        [threaded] = await stored(app, key(ws, DM, first.ts))
         await eventually(
             lambda: thread_texts(ws, DM, first.ts) == expected_messages(threaded, limit)
         )
@@ -147,9 +120,9 @@ async def test_follow_ups_keep_context_and_reset_clears_it(bot: Start, ws: Slack
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> first")
         thread = key(ws, CHANNEL, asked.ts)
-        await answered(app, thread, 1)
+        await stored(app, thread, 1)
         await ws.say(CHANNEL, "second, no mention", thread_ts=asked.ts, user="U0BOB")
-        await answered(app, thread, 2)
+        await stored(app, thread, 2)
         turns = await app.repo.load_history(thread)  # one conversation: the thread
         assert [t.question for t in turns] == ["first", "second, no mention"]
         # Chatter in the channel is not a question.
@@ -162,7 +135,7 @@ async def test_follow_ups_keep_context_and_reset_clears_it(bot: Start, ws: Slack
         assert len(ws.api.main_line(CHANNEL)) == 2  # the two user messages, no bot posts
         # In a DM, /edgeqa reset clears the top-level conversation.
         await ws.say(DM, "remember me")
-        await answered(app, key(ws, DM, ""))
+        await stored(app, key(ws, DM, ""))
         envelope_id, rid = await ws.slash("reset", channel=DM)
         await ws.socket.wait_ack(envelope_id, within=3.0)
         reply = await ws.ephemeral(rid)
@@ -178,7 +151,7 @@ async def test_three_answers_at_once_stay_within_the_edit_budget(
         asked = [await ws.say(CHANNEL, f"<@{ws.bot}> question {i}") for i in range(3)]
         limit = app.settings.slack.max_message_len
         for message in asked:
-            [answer] = await answered(app, key(ws, CHANNEL, message.ts))
+            [answer] = await stored(app, key(ws, CHANNEL, message.ts))
             await eventually(
                 lambda m=message, a=answer: (
                     thread_texts(ws, CHANNEL, m.ts) == expected_messages(a, limit)
@@ -191,7 +164,7 @@ async def test_rate_limited_mid_stream(bot: Start, ws: SlackWorkspace) -> None:
     ws.api.fail("chat.update", status=429, retry_after=1, times=1)  # the first edit
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> go")
-        [answer] = await answered(app, key(ws, CHANNEL, asked.ts))
+        [answer] = await stored(app, key(ws, CHANNEL, asked.ts))
         await eventually(
             lambda: (
                 thread_texts(ws, CHANNEL, asked.ts)
@@ -205,7 +178,7 @@ async def test_rate_limited_mid_stream(bot: Start, ws: SlackWorkspace) -> None:
 async def test_a_long_answer_is_split_with_nothing_lost(bot: Start, ws: SlackWorkspace) -> None:
     async with bot(EDGEQA_SLACK__MAX_MESSAGE_LEN="100", EDGEQA_ENGINE__MAX_TOKENS="320") as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> tell me a long story")
-        [answer] = await answered(app, key(ws, CHANNEL, asked.ts))
+        [answer] = await stored(app, key(ws, CHANNEL, asked.ts))
         assert len(answer) > 100
         await eventually(
             lambda: thread_texts(ws, CHANNEL, asked.ts) == expected_messages(answer, 100)
@@ -217,7 +190,7 @@ async def test_slash_commands_and_refusals(bot: Start, ws: SlackWorkspace) -> No
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> something to count")
         thread = key(ws, CHANNEL, asked.ts)
-        await answered(app, thread)
+        await stored(app, thread)
         envelope_id, rid = await ws.slash("stats", user=ADMIN)
         await ws.socket.wait_ack(envelope_id, within=3.0)
         stats = await ws.ephemeral(rid)
@@ -238,7 +211,7 @@ async def test_bot_messages_are_ignored(bot: Start, ws: SlackWorkspace) -> None:
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> hi")
         thread = key(ws, CHANNEL, asked.ts)
-        await answered(app, thread)
+        await stored(app, thread)
         other = await ws.say(
             CHANNEL, f"<@{ws.bot}> I am a bot", user="U0OTHERBOT", bot_id="B0OTHER"
         )
@@ -260,7 +233,7 @@ async def test_outside_the_allow_list_is_ignored(bot: Start, ws: SlackWorkspace)
         stranger = await ws.say(CHANNEL, f"<@{ws.bot}> me too?", user="U0MALLORY")
         await ws.say("D0MALLORY", "", user="U0MALLORY", subtype="file_share", files=[{"id": "F1"}])
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> and me?")
-        await answered(app, key(ws, CHANNEL, asked.ts))
+        await stored(app, key(ws, CHANNEL, asked.ts))
         await settle()
         assert ws.api.bot_messages("C0SECRET") == []
         assert ws.api.bot_messages(CHANNEL, stranger.ts) == []

@@ -9,7 +9,6 @@ twice.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -21,10 +20,9 @@ import pytest
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.render import render
 from bot.app import App
-from bot.flusher import split_point
 from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
-from tests.harness import free_port, running_app, test_settings
+from tests.harness import answers, free_port, pieces, running_app, stored, test_settings
 
 # PTB itself warns (building RetryAfter) that retry_after will become a timedelta one day.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -77,20 +75,6 @@ def people(fake: FakeTelegram) -> dict[str, dict[str, Any]]:
     }
 
 
-async def answers(app: App, key: ConversationKey) -> list[str]:
-    return [turn.answer for turn in await app.repo.load_history(key)]
-
-
-def pieces(answer: str, limit: int) -> list[str]:
-    """The answer cut into messages exactly where the flusher cuts it."""
-    out = []
-    while len(answer) > limit:
-        cut = split_point(answer, limit)
-        out.append(answer[:cut])
-        answer = answer[cut:]
-    return [*out, answer]
-
-
 def assert_shows(messages: list[Sent], answer: str, limit: int) -> None:
     """The chat's messages are the answer, piece by piece, each rendered for Telegram."""
     expected = pieces(answer, limit)
@@ -104,16 +88,6 @@ def assert_shows(messages: list[Sent], answer: str, limit: int) -> None:
 
 def key_of(chat_id: int, thread: str = "") -> ConversationKey:
     return ConversationKey("telegram", "", str(chat_id), thread)
-
-
-async def stored(app: App, key: ConversationKey, count: int = 1) -> list[str]:
-    """The answers stored for `key`, once there are `count` of them (stored after delivery)."""
-    for _ in range(1500):
-        found = await answers(app, key)
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{key} has {len(await answers(app, key))} answers, not {count}")
 
 
 def replies_to(fake: FakeTelegram, chat_id: int, message_id: int) -> list[Sent]:
