@@ -33,6 +33,7 @@ from bot.types import ConversationKey
 from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
+from tests.telegram_support import telegram_env
 
 ADMIN_SLOTS = 64  # admin identities handed out per driver (ids are fixed before the start)
 
@@ -229,9 +230,7 @@ class TelegramDriver(Driver):
     def env(self) -> dict[str, str]:
         admins = ",".join(str(self._user_id(n, admin=True)) for n in range(ADMIN_SLOTS))
         return {
-            "EDGEQA_TELEGRAM__ENABLED": "true",
-            "EDGEQA_TELEGRAM_TOKEN": self.fake.token,
-            "EDGEQA_TELEGRAM__BASE_URL": self.fake.base_url,
+            **telegram_env(self.fake),
             "EDGEQA_TELEGRAM__ADMINS": admins,
             "EDGEQA_TELEGRAM__EDIT_INTERVAL": "0.01",
         }

@@ -5,6 +5,9 @@ weights; greedy answers are printable ASCII that depend on the whole prompt and 
 to max_tokens. `tiny_script_model_path`: always answers `tiny_script` (fixture) and then
 ends its turn. See tests/tiny_gguf.py.
 
+`fake`: the fake Telegram Bot API (tests/fakes/telegram_api.py), started for one test.
+(test_openai_engine.py has a `fake` of its own, a fake OpenAI server, which wins there.)
+
 The storage tests' databases: `url`, an empty database once per backend (SQLite, and
 PostgreSQL when EDGEQA_TEST_DATABASE_URL is set), and `repo`, a started SqlRepository on it.
 See tests/storage_support.py.
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from storage.sql import SqlRepository
+from tests.fakes.telegram_api import FakeTelegram
 from tests.storage_support import BACKENDS, database_url, open_repo
 
 try:
@@ -57,3 +61,11 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[s
 async def repo(url: str) -> AsyncIterator[SqlRepository]:
     async with open_repo(url) as value:
         yield value
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    server = FakeTelegram()
+    await server.start()
+    yield server
+    await server.close()

@@ -18,7 +18,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from adapters.base import Adapter
@@ -65,6 +65,9 @@ def _empty_config(tmp_path: Path) -> Path:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+# What a test module's `bot` fixture gives: `async with bot(EDGEQA_...="...") as app:`.
+Start = Callable[..., AbstractAsyncContextManager[App]]
 
 
 def free_port() -> int:

@@ -18,19 +18,16 @@ cases assert that exact, documented outcome (README "Reliability").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
-from bot.app import App
 from bot.service import UNDELIVERED
 from tests.fakes.telegram_api import FakeTelegram, Fault, Sent
-from tests.harness import eventually, running_app, stored, test_settings
-from tests.test_telegram_e2e import assert_shows, key_of
+from tests.harness import Start, eventually, stored
+from tests.telegram_support import assert_shows, bot_starter, key_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -41,37 +38,18 @@ FAULTS = ("drop", "drop_after", "server_error", "retry_after")
 STEPS = ("first", "middle", "final")
 FOREVER = 10**6
 
-Start = Callable[..., AbstractAsyncContextManager[App]]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    yield server
-    await server.close()
-
 
 @pytest.fixture
 def bot(tmp_path: Path, tiny_model_path: Path, fake: FakeTelegram) -> Start:
-    @asynccontextmanager
-    async def start(**env: str) -> AsyncIterator[App]:
-        settings = test_settings(
-            tmp_path,
-            tiny_model_path,
-            EDGEQA_TELEGRAM__ENABLED="true",
-            EDGEQA_TELEGRAM_TOKEN=fake.token,
-            EDGEQA_TELEGRAM__BASE_URL=fake.base_url,
-            EDGEQA_TELEGRAM__EDIT_INTERVAL="0.005",
-            EDGEQA_TELEGRAM__GROUP_EDIT_INTERVAL="0.005",
-            # Long enough that every answer streams through several edits.
-            EDGEQA_ENGINE__MAX_TOKENS="300",
-            **env,
-        )
-        async with running_app(settings, [TelegramAdapter(settings)]) as app:
-            yield app
-
-    return start
+    return bot_starter(
+        tmp_path,
+        tiny_model_path,
+        fake,
+        EDGEQA_TELEGRAM__EDIT_INTERVAL="0.005",
+        EDGEQA_TELEGRAM__GROUP_EDIT_INTERVAL="0.005",
+        # Long enough that every answer streams through several edits.
+        EDGEQA_ENGINE__MAX_TOKENS="300",
+    )
 
 
 def inject(fake: FakeTelegram, chat: str, step: str, kind: str, **options: Any) -> Fault:

@@ -88,14 +88,6 @@ def settings_for(fake: FakeTelegram, **telegram: Any) -> Settings:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
 async def bot(fake: FakeTelegram) -> AsyncIterator[Callable[..., Any]]:
     """Start an adapter (polling) with a scripted core: `core = await bot(**opts)`;
     the adapter is `core.adapter`."""

@@ -9,20 +9,15 @@ twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from adapters.telegram import TelegramAdapter
-from adapters.telegram.render import render
-from bot.app import App
-from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
-from tests.harness import answers, free_port, pieces, running_app, stored, test_settings
+from tests.harness import Start, answers, free_port, stored
+from tests.telegram_support import assert_shows, bot_starter, key_of
 
 # PTB itself warns (building RetryAfter) that retry_after will become a timedelta one day.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -32,38 +27,18 @@ ALICE, BOB, EVE = 10, 11, 66
 GROUP = -100123
 SECRET = "e2e-webhook-secret"
 
-Start = Callable[..., AbstractAsyncContextManager[App]]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    yield server
-    await server.close()
-
 
 @pytest.fixture
 def bot(tmp_path: Path, tiny_model_path: Path, fake: FakeTelegram) -> Start:
     """`async with bot(EDGEQA_...="...") as app:` runs the whole bot against the fake."""
-
-    @asynccontextmanager
-    async def start(**env: str) -> AsyncIterator[App]:
-        settings = test_settings(
-            tmp_path,
-            tiny_model_path,
-            EDGEQA_TELEGRAM__ENABLED="true",
-            EDGEQA_TELEGRAM_TOKEN=fake.token,
-            EDGEQA_TELEGRAM__BASE_URL=fake.base_url,
-            EDGEQA_TELEGRAM__ADMINS=str(ADMIN),
-            EDGEQA_TELEGRAM__EDIT_INTERVAL="0.005",
-            EDGEQA_TELEGRAM__GROUP_EDIT_INTERVAL="0.01",
-            **env,
-        )
-        async with running_app(settings, [TelegramAdapter(settings)]) as app:
-            yield app
-
-    return start
+    return bot_starter(
+        tmp_path,
+        tiny_model_path,
+        fake,
+        EDGEQA_TELEGRAM__ADMINS=str(ADMIN),
+        EDGEQA_TELEGRAM__EDIT_INTERVAL="0.005",
+        EDGEQA_TELEGRAM__GROUP_EDIT_INTERVAL="0.01",
+    )
 
 
 def people(fake: FakeTelegram) -> dict[str, dict[str, Any]]:
@@ -73,21 +48,6 @@ def people(fake: FakeTelegram) -> dict[str, dict[str, Any]]:
         "eve": fake.user(EVE, "Eve", "eve"),
         "admin": fake.user(ADMIN, "Admin", "boss"),
     }
-
-
-def assert_shows(messages: list[Sent], answer: str, limit: int) -> None:
-    """The chat's messages are the answer, piece by piece, each rendered for Telegram."""
-    expected = pieces(answer, limit)
-    assert len(messages) == len(expected)
-    for message, piece in zip(messages, expected, strict=True):
-        if message.html is not None:
-            assert message.html == render(piece)
-        else:  # Telegram refused the HTML: the plain text went out instead
-            assert message.text == piece
-
-
-def key_of(chat_id: int, thread: str = "") -> ConversationKey:
-    return ConversationKey("telegram", "", str(chat_id), thread)
 
 
 def replies_to(fake: FakeTelegram, chat_id: int, message_id: int) -> list[Sent]:
