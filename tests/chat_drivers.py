@@ -34,6 +34,7 @@ from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
 from tests.telegram_support import telegram_env
+from tests.test_slack_support import slack_env
 
 ADMIN_SLOTS = 64  # admin identities handed out per driver (ids are fixed before the start)
 
@@ -290,10 +291,7 @@ class SlackDriver(Driver):
     def env(self) -> dict[str, str]:
         admins = ",".join(self._user(n, admin=True) for n in range(ADMIN_SLOTS))
         return {
-            "EDGEQA_SLACK__ENABLED": "true",
-            "EDGEQA_SLACK_BOT_TOKEN": self.ws.api.bot_token,
-            "EDGEQA_SLACK_APP_TOKEN": self.ws.api.app_token,
-            "EDGEQA_SLACK__BASE_URL": self.ws.api.base_url,
+            **slack_env(self.ws),
             "EDGEQA_SLACK__ADMINS": admins,
             "EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE": "60000",
         }

@@ -44,7 +44,7 @@ from tests.chat_drivers import (
 )
 from tests.fakes.telegram_api import parse_html
 from tests.harness import running_app, test_settings
-from tests.test_slack_support import PROXY_VARIABLES
+from tests.test_slack_support import drop_proxies
 from tests.tiny_gguf import write_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -191,8 +191,7 @@ def errors_in(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    drop_proxies(monkeypatch)
 
 
 @pytest.mark.parametrize("platform", list(DRIVERS))

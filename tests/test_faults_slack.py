@@ -15,23 +15,19 @@ thread back, so a post whose answer was lost is found again instead of posted tw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.slack import SlackAdapter
 from adapters.slack.render import escape, to_mrkdwn
-from bot.app import App
 from bot.service import UNDELIVERED
 from bot.types import ConversationKey
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import eventually, running_app, stored, test_settings
-from tests.test_slack_e2e import expected_messages
-from tests.test_slack_support import PROXY_VARIABLES
+from tests.harness import Start, eventually, stored
+from tests.test_slack_support import bot_starter, expected_messages, workspace
 from tests.tiny_gguf import write_tiny_model
 
 CHANNEL = "C0GENERAL"
@@ -42,8 +38,6 @@ FOREVER = 10**6
 # text): a heading. Its bytes are distinct, as the scripted tiny model needs.
 SCRIPT = "# ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
-Start = Callable[..., AbstractAsyncContextManager[App]]
-
 
 @pytest.fixture(scope="module")
 def heading_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -52,35 +46,21 @@ def heading_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def ws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    workspace = SlackWorkspace()
-    await workspace.start()
-    yield workspace
-    await workspace.close()
-    assert workspace.socket.bad_acks == []
+    async with workspace(monkeypatch) as started:
+        yield started
+    assert started.socket.bad_acks == []
 
 
 @pytest.fixture
 def bot(tmp_path: Path, tiny_model_path: Path, ws: SlackWorkspace) -> Start:
-    @asynccontextmanager
-    async def start(model: Path | None = None, **env: str) -> AsyncIterator[App]:
-        values = {
-            "EDGEQA_SLACK__ENABLED": "true",
-            "EDGEQA_SLACK_BOT_TOKEN": ws.api.bot_token,
-            "EDGEQA_SLACK_APP_TOKEN": ws.api.app_token,
-            "EDGEQA_SLACK__BASE_URL": ws.api.base_url,
-            "EDGEQA_SLACK__EDIT_INTERVAL": "0.005",
-            "EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE": "60000",
-            "EDGEQA_ENGINE__MAX_TOKENS": "300",  # several streaming edits per answer
-            **env,
-        }
-        settings = test_settings(tmp_path, model or tiny_model_path, **values)
-        async with running_app(settings, [SlackAdapter(settings)]) as app:
-            await ws.socket.wait_connected()
-            yield app
-
-    return start
+    return bot_starter(
+        tmp_path,
+        tiny_model_path,
+        ws,
+        EDGEQA_SLACK__EDIT_INTERVAL="0.005",
+        EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE="60000",
+        EDGEQA_ENGINE__MAX_TOKENS="300",  # several streaming edits per answer
+    )
 
 
 def conversation(ws: SlackWorkspace, thread: str) -> ConversationKey:

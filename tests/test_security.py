@@ -46,7 +46,7 @@ from tests.chat_drivers import (
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
 from tests.harness import free_port, running_app, test_settings
 from tests.storage_support import BACKENDS, database_url
-from tests.test_slack_support import PROXY_VARIABLES
+from tests.test_slack_support import drop_proxies
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -61,8 +61,7 @@ OPENAI_KEY = "sk-proj-Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1Jh0Gf9"
 
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    drop_proxies(monkeypatch)
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ import pytest
 from adapters.slack.render import to_mrkdwn
 from adapters.slack.sender import THINKING
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.test_slack_support import PROXY_VARIABLES, eventually, running, settle
+from tests.test_slack_support import eventually, running, settle, workspace
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
@@ -21,12 +21,8 @@ DM = "D0ALICE"
 
 @pytest.fixture
 async def ws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    workspace = SlackWorkspace()
-    await workspace.start()
-    yield workspace
-    await workspace.close()
+    async with workspace(monkeypatch) as started:
+        yield started
 
 
 def final_texts(ws: SlackWorkspace, channel: str, thread: str | None) -> list[str]:

@@ -9,19 +9,15 @@ cut where the flusher cuts it, each piece rendered to mrkdwn — nothing lost, n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from adapters.slack import SlackAdapter
-from adapters.slack.render import escape, to_mrkdwn
-from bot.app import App
 from bot.types import ConversationKey
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import answers, pieces, running_app, stored, test_settings
-from tests.test_slack_support import PROXY_VARIABLES, eventually, settle
+from tests.harness import Start, answers, stored
+from tests.test_slack_support import bot_starter, eventually, expected_messages, settle, workspace
 
 pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
 
@@ -29,51 +25,28 @@ CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
 ADMIN = "U0ADMIN"
 
-Start = Callable[..., AbstractAsyncContextManager[App]]
-
 
 @pytest.fixture
 async def ws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    workspace = SlackWorkspace()
-    await workspace.start()
-    yield workspace
-    await workspace.close()
-    assert workspace.socket.bad_acks == []  # every ack named an envelope, once
+    async with workspace(monkeypatch) as started:
+        yield started
+    assert started.socket.bad_acks == []  # every ack named an envelope, once
 
 
 @pytest.fixture
 def bot(tmp_path: Path, tiny_model_path: Path, ws: SlackWorkspace) -> Start:
     """`async with bot(EDGEQA_...="...") as app:` runs the whole bot against the fakes."""
-
-    @asynccontextmanager
-    async def start(**env: str) -> AsyncIterator[App]:
-        values = {
-            "EDGEQA_SLACK__ENABLED": "true",
-            "EDGEQA_SLACK_BOT_TOKEN": ws.api.bot_token,
-            "EDGEQA_SLACK_APP_TOKEN": ws.api.app_token,
-            "EDGEQA_SLACK__BASE_URL": ws.api.base_url,
-            "EDGEQA_SLACK__ADMINS": ADMIN,
-            "EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE": "600",
-            **env,
-        }
-        settings = test_settings(tmp_path, tiny_model_path, **values)
-        async with running_app(settings, [SlackAdapter(settings)]) as app:
-            await ws.socket.wait_connected()
-            yield app
-
-    return start
+    return bot_starter(
+        tmp_path,
+        tiny_model_path,
+        ws,
+        EDGEQA_SLACK__ADMINS=ADMIN,
+        EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE="600",
+    )
 
 
 def key(ws: SlackWorkspace, channel: str, thread: str) -> ConversationKey:
     return ConversationKey("slack", ws.team_id, channel, thread)
-
-
-def expected_messages(answer: str, limit: int) -> list[str]:
-    """The answer as the flusher cuts it and the adapter renders each finished piece."""
-    shown = [piece if piece.strip() else "…" for piece in pieces(answer, limit)]
-    return [to_mrkdwn(piece) or escape(piece) for piece in shown]
 
 
 def thread_texts(ws: SlackWorkspace, channel: str, thread: str) -> list[str]:

@@ -15,11 +15,11 @@ from adapters.slack import SlackAdapter
 from adapters.slack.render import to_mrkdwn
 from tests.fakes.slack_workspace import SlackWorkspace, sign
 from tests.test_slack_support import (
-    PROXY_VARIABLES,
     ScriptedCore,
     eventually,
     settle,
     slack_settings,
+    workspace,
 )
 
 CHANNEL = "C0GENERAL"
@@ -41,29 +41,25 @@ class Bot:
 
 @pytest.fixture
 async def bot(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bot]:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    ws = SlackWorkspace()
-    await ws.start()
-    settings = slack_settings(ws, mode="http")
-    adapter = SlackAdapter(settings)
-    core = ScriptedCore(adapter)
-    app = web.Application()
-    adapter.mount(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    ws.http_url = f"http://127.0.0.1:{port}{settings.slack.events_path}"
-    ws.commands_url = f"http://127.0.0.1:{port}{settings.slack.commands_path}"
-    await adapter.start(core)
-    result = Bot(ws, adapter, core)
-    yield result
-    await result.session.close()
-    await adapter.stop()
-    await runner.cleanup()
-    await ws.close()
+    async with workspace(monkeypatch) as ws:
+        settings = slack_settings(ws, mode="http")
+        adapter = SlackAdapter(settings)
+        core = ScriptedCore(adapter)
+        app = web.Application()
+        adapter.mount(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ws.http_url = f"http://127.0.0.1:{port}{settings.slack.events_path}"
+        ws.commands_url = f"http://127.0.0.1:{port}{settings.slack.commands_path}"
+        await adapter.start(core)
+        result = Bot(ws, adapter, core)
+        yield result
+        await result.session.close()
+        await adapter.stop()
+        await runner.cleanup()
 
 
 def mention_body(ws: SlackWorkspace, text: str = "what is up?") -> str:

@@ -1,9 +1,10 @@
-"""Shared pieces of the Slack tests: settings for the fakes, a scripted core, waiting.
+"""Shared pieces of the Slack tests: the fake workspace, settings for it, a scripted core,
+waiting, and starting the whole bot against the fakes.
 
 `ScriptedCore` stands in for the conversation service only where the adapter itself is
 under test: it records what the adapter delivers and streams a scripted answer through the
-core's real StreamFlusher. The end-to-end tests (test_slack_e2e.py) use the real service
-and the real llama.cpp engine instead.
+core's real StreamFlusher. The end-to-end tests (test_slack_e2e.py, test_faults_slack.py)
+use the real service and the real llama.cpp engine instead (`bot_starter`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from adapters.slack import SlackAdapter
+from adapters.slack.render import escape, to_mrkdwn
+from bot.app import App
 from bot.config import Settings, SlackSettings
 from bot.flusher import StreamFlusher
 from bot.types import ConversationKey, IncomingMessage
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
+from tests.harness import Start, pieces, running_app, test_settings
 
 PROXY_VARIABLES = (
     "HTTP_PROXY",
@@ -30,6 +36,24 @@ PROXY_VARIABLES = (
     "https_proxy",
     "all_proxy",
 )
+
+
+def drop_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset the proxy variables, so that slack-sdk talks to the local fakes directly."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@contextlib.asynccontextmanager
+async def workspace(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlackWorkspace]:
+    """A fake workspace (Web API and Socket Mode servers), started, without proxies."""
+    drop_proxies(monkeypatch)
+    ws = SlackWorkspace()
+    await ws.start()
+    try:
+        yield ws
+    finally:
+        await ws.close()
 
 
 def slack_settings(ws: SlackWorkspace, **slack: Any) -> Settings:
@@ -128,3 +152,38 @@ async def running(
         yield adapter, core
     finally:
         await adapter.stop()
+
+
+# -- the whole bot against the fakes --------------------------------------------------------
+
+
+def slack_env(ws: SlackWorkspace) -> dict[str, str]:
+    """The variables that turn the Slack adapter on (Socket Mode) and point it at the fakes."""
+    return {
+        "EDGEQA_SLACK__ENABLED": "true",
+        "EDGEQA_SLACK_BOT_TOKEN": ws.api.bot_token,
+        "EDGEQA_SLACK_APP_TOKEN": ws.api.app_token,
+        "EDGEQA_SLACK__BASE_URL": ws.api.base_url,
+    }
+
+
+def bot_starter(tmp_path: Path, model: Path, ws: SlackWorkspace, **defaults: str) -> Start:
+    """`async with start(EDGEQA_...="...") as app:` runs the whole bot against the fakes and
+    waits for its Socket Mode connection; a call's variables override `defaults`, and
+    `start(other_model)` runs on another model than `model`."""
+
+    @contextlib.asynccontextmanager
+    async def start(other_model: Path | None = None, **env: str) -> AsyncIterator[App]:
+        values = {**slack_env(ws), **defaults, **env}
+        settings = test_settings(tmp_path, other_model or model, **values)
+        async with running_app(settings, [SlackAdapter(settings)]) as app:
+            await ws.socket.wait_connected()
+            yield app
+
+    return start
+
+
+def expected_messages(answer: str, limit: int) -> list[str]:
+    """The answer as the flusher cuts it and the adapter renders each finished piece."""
+    shown = [piece if piece.strip() else "…" for piece in pieces(answer, limit)]
+    return [to_mrkdwn(piece) or escape(piece) for piece in shown]
