@@ -8,8 +8,6 @@ there in full, once.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +20,7 @@ from adapters.web import WebChatAdapter
 from bot.app import App
 from bot.types import ConversationKey
 from tests.harness import eventually, running_app, test_settings
+from tests.test_web_support import EventStream
 
 BROWSER = "browser-faults-1"
 THREAD = "thread-faults-1"
@@ -42,38 +41,20 @@ async def chat(tmp_path: Path, tiny_model_path: Path) -> AsyncIterator[tuple[App
         yield app, adapter
 
 
-class Stream:
-    """One EventSource connection: its `data:` events, in order."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.events: list[dict[str, Any]] = []
-
-    async def next(self) -> dict[str, Any]:
-        async with asyncio.timeout(20):
-            while True:
-                line = await self.response.content.readline()
-                if not line:
-                    raise EOFError("the event stream ended")
-                if line.startswith(b"data: "):
-                    event: dict[str, Any] = json.loads(line[6:])
-                    self.events.append(event)
-                    return event
-
-    async def until(self, kind: str) -> dict[str, Any]:
-        while (event := await self.next())["type"] != kind:
-            pass
-        return event
-
-
 @asynccontextmanager
-async def stream(http: aiohttp.ClientSession, base: str) -> AsyncIterator[Stream]:
+async def stream(http: aiohttp.ClientSession, base: str) -> AsyncIterator[EventStream]:
+    """One EventSource connection: its `data:` events, in order (`seen`)."""
     async with http.get(f"{base}/api/events", params={"browser": BROWSER}) as response:
         assert response.status == 200
         assert await response.content.readline() == b"retry: 1500\n"  # "reconnect, please"
-        events = Stream(response)
+        events = EventStream(response, wait=20)
         assert (await events.next())["type"] == "hello"
         yield events
+
+
+async def first_of(events: EventStream, kind: str) -> dict[str, Any]:
+    """The next event of type `kind` (those before it are skipped, still in `seen`)."""
+    return (await events.until(lambda event: event["type"] == kind))[-1]
 
 
 async def history(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
@@ -101,14 +82,14 @@ async def test_a_stream_cut_mid_answer_resyncs_to_the_whole_answer_once(chat) ->
     async with aiohttp.ClientSession() as http:
         async with stream(http, base) as first:
             question = await ask(http, base, "tell me a long story")
-            await first.until("reply")  # the answer has begun...
+            await first_of(first, "reply")  # the answer has begun...
         # ...and the connection is gone (a network blip, a proxy timeout, a laptop lid).
         async with stream(http, base) as second:  # the EventSource is back
             resync = await history(http, base)
             if not resync["turns"]:  # still being written: it shows live, then finishes
                 [live] = resync["live"]
                 assert live["id"] == question and live["question"] == "tell me a long story"
-                while (await second.until("done"))["question"] != question:
+                while (await first_of(second, "done"))["question"] != question:
                     pass
             await eventually(lambda: adapter.state.subscriber_count == 1)  # the cut one left
         after = await history(http, base)
@@ -117,10 +98,10 @@ async def test_a_stream_cut_mid_answer_resyncs_to_the_whole_answer_once(chat) ->
     [stored] = await app.repo.load_history(KEY)
     assert turn["answer"] == stored.answer and turn["question"] == "tell me a long story"
     # Every text either stream showed was a step of that same answer; the last one whole.
-    shown = replies(first.events, question) + replies(second.events, question)
+    shown = replies(first.seen, question) + replies(second.seen, question)
     assert shown and all(stored.answer.startswith(text) for text in shown)
-    if replies(second.events, question):
-        assert replies(second.events, question)[-1] == stored.answer
+    if replies(second.seen, question):
+        assert replies(second.seen, question)[-1] == stored.answer
 
 
 async def test_an_answer_written_while_no_stream_was_open_is_there_after_reconnecting(

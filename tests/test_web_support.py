@@ -108,14 +108,15 @@ async def web_server(
 
 
 class EventStream:
-    """Reads `data:` events of one SSE response."""
+    """Reads `data:` events of one SSE response, each within `wait` seconds by default."""
 
-    def __init__(self, response: ClientResponse) -> None:
+    def __init__(self, response: ClientResponse, wait: float = 10.0) -> None:
         self.response = response
+        self.wait = wait
         self.seen: list[dict[str, Any]] = []
 
-    async def next(self, wait: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(wait):
+    async def next(self, wait: float | None = None) -> dict[str, Any]:
+        async with asyncio.timeout(self.wait if wait is None else wait):
             while True:
                 line = await self.response.content.readline()
                 if not line:
