@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.common import hang_up, serve
+
 
 @dataclass
 class Message:
@@ -98,11 +100,7 @@ class FakeSlackApi:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{rid}", self._response)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app, self.port, shutdown_timeout=0.5)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -200,7 +198,7 @@ class FakeSlackApi:
         if inspect.isawaitable(result):
             result = await result
         if fault is not None:  # done, but the answer never reaches the client
-            return _hang_up(request)
+            return hang_up(request)
         return result
 
     def _matching_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
@@ -220,7 +218,7 @@ class FakeSlackApi:
 
     def _fault(self, fault: Fault, request: web.Request) -> web.Response:
         if fault.drop:
-            return _hang_up(request)
+            return hang_up(request)
         if fault.status >= 500:
             return web.Response(
                 status=fault.status, text="<html>oops</html>", content_type="text/html"
@@ -378,13 +376,6 @@ class FakeSlackApi:
 
 def _ok(ok: bool = True, **fields: Any) -> web.Response:
     return web.json_response({"ok": ok, **fields})
-
-
-def _hang_up(request: web.Request) -> web.Response:
-    """Close the connection without an answer (the client sees a dropped connection)."""
-    assert request.transport is not None
-    request.transport.close()
-    return web.Response()
 
 
 def _ts_key(ts: str) -> tuple[int, int]:

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.common import serve
+
 
 @dataclass
 class Ack:
@@ -45,11 +47,7 @@ class FakeSocketMode:
         """Listen on a free port, or again on the same port after `close()`."""
         app = web.Application()
         app.router.add_get("/link/", self._link)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app, self.port, shutdown_timeout=0.5)
         self._up.set()
 
     async def close(self) -> None:

@@ -23,13 +23,14 @@ import contextlib
 import itertools
 import json
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
+
+from tests.fakes.common import hang_up, serve
 
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -225,13 +226,7 @@ class FakeTelegram:
         self._closing = False
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._dispatch)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await serve(app, self.port, shutdown_timeout=0.5)
 
     async def close(self) -> None:
         """Stop listening and drop every connection (the chats and updates are kept)."""
@@ -262,7 +257,7 @@ class FakeTelegram:
         try:
             fault = self._fault(method, params)
             if fault is not None and fault.kind == "drop":
-                return _hang_up(request)
+                return hang_up(request)
             handler = getattr(self, f"api_{method}", None)
             if handler is None:
                 raise ApiError(404, "Not Found")
@@ -272,7 +267,7 @@ class FakeTelegram:
         async with self._changed:
             self._changed.notify_all()
         if fault is not None and fault.kind == "drop_after":
-            return _hang_up(request)  # done, but the answer never reaches the client
+            return hang_up(request)  # done, but the answer never reaches the client
         return web.json_response({"ok": True, "result": result})
 
     def fail(self, method: str, kind: str, **options: Any) -> Fault:
@@ -578,13 +573,6 @@ class FakeTelegram:
                     self.webhook_results.append(r.status)
                 async with self._changed:
                     self._changed.notify_all()
-
-
-def _hang_up(request: web.Request) -> web.Response:
-    """Close the connection without an answer (the client sees a dropped connection)."""
-    assert request.transport is not None
-    request.transport.close()
-    return web.Response()
 
 
 def _tags(html: str | None) -> list[str]:
