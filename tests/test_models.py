@@ -17,6 +17,7 @@ from llm.gguf_check import _TYPE_SIZES, check_gguf
 from llm.llama_engine import LlamaCppEngine
 from llm.models import pull_model, resolve_model
 from llm.openai_engine import OpenAICompatEngine
+from tests.fakes.common import serve
 from tests.harness import free_port
 
 REF = "acme/tiny-GGUF/tiny-q8.gguf"
@@ -124,11 +125,7 @@ async def fake_hub(tiny_bytes: bytes) -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application()
     app.router.add_route("*", "/acme/tiny-GGUF/resolve/{revision}/{path:.*}", resolve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     yield f"http://127.0.0.1:{port}", seen
     await runner.cleanup()
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from bot.config import EngineSettings
 from llm.base import ChatMessage, EngineBusy, EngineError, GenerationRequest, ModelError
 from llm.openai_engine import OpenAICompatEngine
+from tests.fakes.common import serve
 from tests.harness import free_port
 from tests.model_server import llama_cpp_server
 
@@ -119,11 +120,7 @@ async def fake() -> AsyncIterator[tuple[FakeServer, str]]:
     app = web.Application()
     app.router.add_get("/v1/models", server.models)
     app.router.add_post("/v1/chat/completions", server.chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     yield server, f"http://127.0.0.1:{port}/v1"
     server.release.set()
     await runner.cleanup()

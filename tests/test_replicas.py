@@ -39,6 +39,7 @@ from adapters.slack.render import to_mrkdwn
 from bot.types import ConversationKey
 from storage.models import conversations
 from storage.sql import SqlRepository
+from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
 from tests.model_server import llama_cpp_server
@@ -181,11 +182,7 @@ class Balancer:
         app.router.add_post("/telegram/webhook", self._telegram)
         app.router.add_post("/slack/events", self._slack)
         app.router.add_route("*", "/v1/{tail:.*}", self._model)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app, access_log=None)
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from adapters.slack import SlackAdapter
 from adapters.slack.render import to_mrkdwn
+from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SlackWorkspace, sign
 from tests.test_slack_support import (
     ScriptedCore,
@@ -47,11 +48,7 @@ async def bot(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bot]:
         core = ScriptedCore(adapter)
         app = web.Application()
         adapter.mount(app)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await serve(app)
         ws.http_url = f"http://127.0.0.1:{port}{settings.slack.events_path}"
         ws.commands_url = f"http://127.0.0.1:{port}{settings.slack.commands_path}"
         await adapter.start(core)
