@@ -24,6 +24,7 @@ import pytest
 from adapters.slack.render import escape, to_mrkdwn
 from bot.service import UNDELIVERED
 from bot.types import ConversationKey
+from tests.fakes.common import end
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.harness import Start, eventually, stored
@@ -155,11 +156,6 @@ def outage(ws: SlackWorkspace, methods: tuple[str, ...] = WRITES + READS) -> lis
 def tried_notice(ws: SlackWorkspace) -> bool:
     notice = to_mrkdwn(UNDELIVERED)
     return any(c.params.get("text") == notice for c in ws.api.calls)
-
-
-def end(faults: list[Fault]) -> None:
-    for fault in faults:
-        fault.times = 0
 
 
 async def test_down_past_the_bound_counts_a_failure_keeps_the_turn_and_recovers(

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from bot.service import UNDELIVERED
+from tests.fakes.common import end
 from tests.fakes.telegram_api import FakeTelegram, Fault, Sent
 from tests.harness import Start, eventually, stored
 from tests.telegram_support import assert_shows, bot_starter, key_of
@@ -135,11 +136,6 @@ def outage(fake: FakeTelegram) -> list[Fault]:
     """Every way of writing into a chat fails with a 5xx until the faults are cleared."""
     methods = ("sendMessage", "editMessageText", "sendMessageDraft")
     return [fake.fail(method, "server_error", times=FOREVER) for method in methods]
-
-
-def end(faults: list[Fault]) -> None:
-    for fault in faults:
-        fault.times = 0
 
 
 async def test_down_past_the_bound_counts_a_failure_keeps_the_turn_and_recovers(

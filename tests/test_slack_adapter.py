@@ -189,7 +189,7 @@ async def test_placeholder_where_there_is_no_status(ws: SlackWorkspace) -> None:
 
 
 async def test_rate_limited_mid_stream_pauses_and_still_delivers(ws: SlackWorkspace) -> None:
-    ws.api.fail("chat.update", status=429, retry_after=1, after=2, times=1)
+    ws.api.fail("chat.update", status=429, retry_after=1, skip=2, times=1)
     async with running(ws, core_options={"step": 0.05}) as (_, core):
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> {'long question ' * 3}")
         await eventually(lambda: core.answered)
@@ -201,7 +201,7 @@ async def test_rate_limited_mid_stream_pauses_and_still_delivers(ws: SlackWorksp
 
 
 async def test_server_errors_mid_stream_still_deliver(ws: SlackWorkspace) -> None:
-    ws.api.fail("chat.update", status=503, after=1, times=2)
+    ws.api.fail("chat.update", status=503, skip=1, times=2)
     async with running(ws) as (_, core):
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> flaky")
         await eventually(lambda: core.answered)

@@ -1,9 +1,12 @@
 """What the fake servers (and the tests' own small aiohttp servers) share: serving an app on
-loopback, and hanging up on a client the way a lost connection looks to it."""
+loopback, hanging up on a client the way a lost connection looks to it, and scripted faults
+(which call fails, how often, after letting how many through)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -24,3 +27,48 @@ def hang_up(request: web.Request) -> web.Response:
     assert request.transport is not None
     request.transport.close()
     return web.Response()
+
+
+@dataclass
+class ScriptedFault:
+    """The next `times` calls of `method` that `when` (and `applies`) accept fail, after
+    `skip` of them went through; `hits` counts the failed calls, `hit` keeps their params.
+    Each fake subclasses it with how its platform fails."""
+
+    method: str
+    _: KW_ONLY
+    times: int = 1
+    skip: int = 0  # let this many matching calls through first
+    when: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
+    hits: int = 0
+    hit: list[dict[str, Any]] = field(default_factory=list)  # the params of each hit call
+
+    def applies(self, params: dict[str, Any]) -> bool:
+        """The platform's own conditions on the call, checked before `when`."""
+        return True
+
+
+F = TypeVar("F", bound=ScriptedFault)
+
+
+def take_fault(faults: Iterable[F], method: str, params: dict[str, Any]) -> F | None:
+    """The first fault due for this call, counted as hit; None: the call goes through."""
+    for fault in faults:
+        if fault.method != method or fault.times <= 0:
+            continue
+        if not fault.applies(params) or (fault.when is not None and not fault.when(params)):
+            continue
+        if fault.skip > 0:
+            fault.skip -= 1
+            continue
+        fault.times -= 1
+        fault.hits += 1
+        fault.hit.append(params)
+        return fault
+    return None
+
+
+def end(faults: Iterable[ScriptedFault]) -> None:
+    """The platform is back: these faults hit no more calls."""
+    for fault in faults:
+        fault.times = 0

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import hang_up, serve
+from tests.fakes.common import ScriptedFault, hang_up, serve, take_fault
 
 
 @dataclass
@@ -49,17 +49,11 @@ class Call:
 
 
 @dataclass
-class Fault:
-    method: str
+class Fault(ScriptedFault):
     status: int = 200
     error: str = ""
     retry_after: float | None = None
-    times: int = 1
-    after: int = 0  # let this many calls through first
     drop: str = ""  # "before" / "after": hang up before / after doing what was asked
-    when: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
-    hits: int = 0
-    hit: list[dict[str, Any]] = field(default_factory=list)  # the params of each hit call
 
 
 class FakeSlackApi:
@@ -185,7 +179,7 @@ class FakeSlackApi:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth else str(params.get("token", ""))
         self.calls.append(Call(method, params, time.monotonic(), token))
-        fault = self._matching_fault(method, params)
+        fault = take_fault(self.faults, method, params)
         if fault is not None and fault.drop != "after":
             return self._fault(fault, request)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
@@ -200,21 +194,6 @@ class FakeSlackApi:
         if fault is not None:  # done, but the answer never reaches the client
             return hang_up(request)
         return result
-
-    def _matching_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
-        for fault in self.faults:
-            if fault.method != method or fault.times <= 0:
-                continue
-            if fault.when is not None and not fault.when(params):
-                continue
-            if fault.after > 0:
-                fault.after -= 1
-                continue
-            fault.times -= 1
-            fault.hits += 1
-            fault.hit.append(params)
-            return fault
-        return None
 
     def _fault(self, fault: Fault, request: web.Request) -> web.Response:
         if fault.drop:

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from tests.fakes.common import hang_up, serve
+from tests.fakes.common import ScriptedFault, hang_up, serve, take_fault
 
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -164,19 +164,18 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
 
 
 @dataclass
-class Fault:
-    method: str
+class Fault(ScriptedFault):
     kind: str  # retry_after not_modified parse_entities server_error drop drop_after
     # bad_request forbidden deleted
-    times: int = 1
-    skip: int = 0  # let this many matching calls through first
     chat_id: int | None = None
     retry_after: int = 1
     description: str = ""
     only_html: bool = False
-    when: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
-    hits: int = 0
-    hit: list[dict[str, Any]] = field(default_factory=list)  # the params of each hit call
+
+    def applies(self, params: dict[str, Any]) -> bool:
+        if self.chat_id is not None and params.get("chat_id") != self.chat_id:
+            return False
+        return not (self.only_html and params.get("parse_mode") != "HTML")
 
 
 @dataclass
@@ -277,46 +276,33 @@ class FakeTelegram:
         return fault
 
     def _fault(self, method: str, params: dict[str, Any]) -> Fault | None:
-        for fault in self.faults:
-            if fault.method != method or fault.times <= 0:
-                continue
-            if fault.chat_id is not None and params.get("chat_id") != fault.chat_id:
-                continue
-            if fault.only_html and params.get("parse_mode") != "HTML":
-                continue
-            if fault.when is not None and not fault.when(params):
-                continue
-            if fault.skip > 0:
-                fault.skip -= 1
-                continue
-            fault.times -= 1
-            fault.hits += 1
-            fault.hit.append(params)
-            if fault.kind == "retry_after":
-                raise ApiError(
-                    429,
-                    f"Too Many Requests: retry after {fault.retry_after}",
-                    {"retry_after": fault.retry_after},
-                )
-            if fault.kind == "not_modified":
-                raise ApiError(400, NOT_MODIFIED)
-            if fault.kind == "parse_entities":
-                raise ApiError(
-                    400,
-                    "Bad Request: can't parse entities: Can't find end of the entity starting "
-                    "at byte offset 0",
-                )
-            if fault.kind == "server_error":
-                raise ApiError(500, "Internal Server Error")
-            if fault.kind == "deleted":  # a user deletes the message just before the edit
-                self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id"), None)
-                raise ApiError(400, "Bad Request: message to edit not found")
-            if fault.kind == "forbidden":
-                raise ApiError(403, "Forbidden: bot was blocked by the user")
-            if fault.kind == "bad_request":
-                raise ApiError(400, fault.description or "Bad Request: chat not found")
-            return fault
-        return None
+        fault = take_fault(self.faults, method, params)
+        if fault is None:
+            return None
+        if fault.kind == "retry_after":
+            raise ApiError(
+                429,
+                f"Too Many Requests: retry after {fault.retry_after}",
+                {"retry_after": fault.retry_after},
+            )
+        if fault.kind == "not_modified":
+            raise ApiError(400, NOT_MODIFIED)
+        if fault.kind == "parse_entities":
+            raise ApiError(
+                400,
+                "Bad Request: can't parse entities: Can't find end of the entity starting "
+                "at byte offset 0",
+            )
+        if fault.kind == "server_error":
+            raise ApiError(500, "Internal Server Error")
+        if fault.kind == "deleted":  # a user deletes the message just before the edit
+            self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id"), None)
+            raise ApiError(400, "Bad Request: message to edit not found")
+        if fault.kind == "forbidden":
+            raise ApiError(403, "Forbidden: bot was blocked by the user")
+        if fault.kind == "bad_request":
+            raise ApiError(400, fault.description or "Bad Request: chat not found")
+        return fault
 
     # -- the test's side: users talk -----------------------------------------------------
 
