@@ -5,7 +5,8 @@ talks as a person in a conversation of its own per name: `ask(conv, text)` sends
 the way that platform delivers it (the web chat's HTTP API, a Telegram private chat, a Slack
 DM or an @mention in a channel), `replies(conv)` is what the bot has shown there so far, and
 `final_ok(conv, text)` tells whether the chat shows `text` (the core's final text) rendered
-as the platform renders it. The bot itself is the real App on the real engine.
+as the platform renders it. The bot itself is the real App on the real engine:
+`running_bot(driver, tmp_path, model)` runs it against the driver's platform.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,6 +35,7 @@ from bot.types import ConversationKey
 from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
+from tests.harness import running_app, test_settings
 from tests.telegram_support import telegram_env
 from tests.test_slack_support import slack_env
 
@@ -345,6 +348,22 @@ class SlackDriver(Driver):
 
     def shows(self, message: Any, text: str) -> bool:
         return bool(message.text == (to_mrkdwn(text) or escape(text)))
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    driver: Driver, tmp_path: Path, model: Path, **env: str
+) -> AsyncIterator[App]:
+    """The whole bot against the driver's platform (its fake started first, closed after);
+    `env` adds settings or overrides the driver's."""
+    await driver.open()
+    try:
+        settings = test_settings(tmp_path, model, **{**driver.env(), **env})
+        async with running_app(settings, driver.adapters(settings)) as app:
+            await driver.started(app)
+            yield app
+    finally:
+        await driver.close()
 
 
 async def turns(app: App, driver: Driver, conv: Conv) -> list[Turn]:

@@ -39,6 +39,7 @@ from tests.chat_drivers import (
     TelegramDriver,
     WebDriver,
     answered,
+    running_bot,
     turns,
     until,
 )
@@ -119,21 +120,15 @@ async def running(
     name: str, tmp_path: Path, model: Path, **env: str
 ) -> AsyncIterator[tuple[Driver, App]]:
     driver: Driver = DRIVERS[name]()
-    await driver.open()
-    try:
-        settings = test_settings(
-            tmp_path,
-            model,
-            EDGEQA_ENGINE__MAX_QUEUE="256",
-            EDGEQA_WEB__EDIT_INTERVAL="0.02",
-            **driver.env(),
-            **env,
-        )
-        async with running_app(settings, driver.adapters(settings)) as app:
-            await driver.started(app)
-            yield driver, app
-    finally:
-        await driver.close()
+    async with running_bot(
+        driver,
+        tmp_path,
+        model,
+        EDGEQA_ENGINE__MAX_QUEUE="256",
+        EDGEQA_WEB__EDIT_INTERVAL="0.02",
+        **env,
+    ) as app:
+        yield driver, app
 
 
 async def settle_case(app: App, driver: Driver, case: Case) -> str:

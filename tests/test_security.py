@@ -21,8 +21,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -41,6 +40,7 @@ from tests.chat_drivers import (
     TelegramDriver,
     WebDriver,
     answered,
+    running_bot,
     until,
 )
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
@@ -62,18 +62,6 @@ OPENAI_KEY = "sk-proj-Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1Jh0Gf9"
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     drop_proxies(monkeypatch)
-
-
-@asynccontextmanager
-async def bot(driver: Driver, tmp_path: Path, model: Path, **env: str) -> AsyncIterator[App]:
-    await driver.open()
-    try:
-        settings = test_settings(tmp_path, model, **{**driver.env(), **env})
-        async with running_app(settings, driver.adapters(settings)) as app:
-            await driver.started(app)
-            yield app
-    finally:
-        await driver.close()
 
 
 async def rows(app: App, table: str, where: str = "", **params: str) -> int:
@@ -107,7 +95,7 @@ async def test_admin_commands_are_refused_for_everyone_else_and_change_nothing(
     platform: str, tmp_path: Path, tiny_model_path: Path
 ) -> None:
     driver = _platform_driver(platform)
-    async with bot(driver, tmp_path, tiny_model_path) as app:
+    async with running_bot(driver, tmp_path, tiny_model_path) as app:
         admin, seed = Conv("admin", admin=True), Conv("seed")
         await driver.ask(seed, "Remember this, please")
         await answered(app, driver, seed, 1)
@@ -144,7 +132,7 @@ async def test_slack_slash_commands_are_refused_for_everyone_else(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
     driver = SlackDriver()
-    async with bot(driver, tmp_path, tiny_model_path) as app:
+    async with running_bot(driver, tmp_path, tiny_model_path) as app:
         seed, admin = Conv("seed"), Conv("admin", admin=True)
         ws = driver.ws
         await driver.ask(seed, "Remember this, please")
@@ -181,7 +169,7 @@ async def test_slack_http_refuses_bad_requests_and_takes_a_replay_once(
     driver = SlackDriver()
     env = {"EDGEQA_SLACK__MODE": "http", "EDGEQA_SLACK_SIGNING_SECRET": SIGNING_SECRET}
     async with (
-        bot(driver, tmp_path, tiny_model_path, **env) as app,
+        running_bot(driver, tmp_path, tiny_model_path, **env) as app,
         aiohttp.ClientSession() as http,
     ):
         ws = driver.ws
@@ -254,7 +242,7 @@ async def test_telegram_webhook_refuses_wrong_secrets_and_takes_an_update_once(
         "EDGEQA_TELEGRAM_WEBHOOK_SECRET": secret,
     }
     async with (
-        bot(driver, tmp_path, tiny_model_path, **env) as app,
+        running_bot(driver, tmp_path, tiny_model_path, **env) as app,
         aiohttp.ClientSession() as http,
     ):
         fake = driver.fake
@@ -296,7 +284,7 @@ async def test_the_browser_chat_listens_on_loopback_by_default(
     empty.write_text("")
     assert load_settings(empty, env={}).web.host == "127.0.0.1"
     driver = WebDriver()
-    async with bot(driver, tmp_path, tiny_model_path) as app:
+    async with running_bot(driver, tmp_path, tiny_model_path) as app:
         assert app.http is not None
         addresses = app.http._runner.addresses
         assert addresses and all(address[0] == "127.0.0.1" for address in addresses)
@@ -323,7 +311,7 @@ async def test_on_all_interfaces_every_chat_route_needs_the_token(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
     driver = WebDriver(token=WEB_TOKEN)
-    async with bot(driver, tmp_path, tiny_model_path, EDGEQA_WEB__HOST="0.0.0.0") as app:
+    async with running_bot(driver, tmp_path, tiny_model_path, EDGEQA_WEB__HOST="0.0.0.0") as app:
         base = f"http://127.0.0.1:{app.port}"
         query = {"browser": "browser-0001", "thread": "thread-0001"}
         ask = {**query, "text": "hello"}
@@ -431,7 +419,7 @@ async def test_forget_deletes_the_users_rows_for_real(
     driver = WebDriver()
     async with database_url(backend, tmp_path) as url:
         env = {"EDGEQA_HISTORY__DATABASE_URL": url, "EDGEQA_WEB__ADMINS": "*"}
-        async with bot(driver, tmp_path, tiny_model_path, **env) as app:
+        async with running_bot(driver, tmp_path, tiny_model_path, **env) as app:
             alice = [Conv(f"alice-{i}", who="browser-alice") for i in range(2)]
             bob = Conv("bob", who="browser-bob")
             for conv in [*alice, bob]:
