@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +89,25 @@ async def age(repo: SqlRepository, k: ConversationKey, seconds: float) -> None:
             update(conversations).where(_match(k)).values(last_active_at=past)
         )
     assert result.rowcount == 1
+
+
+async def insert_idle(repo: SqlRepository, keys: Iterable[ConversationKey], seconds: float) -> None:
+    """Conversations (no turns) last active `seconds` ago, inserted in one statement: many
+    of them quickly, without going through the repository."""
+    past = datetime.now(UTC) - timedelta(seconds=seconds)
+    rows = [
+        {
+            "platform": k.platform,
+            "workspace": k.workspace,
+            "channel": k.channel,
+            "thread": k.thread,
+            "created_at": past,
+            "last_active_at": past,
+        }
+        for k in keys
+    ]
+    async with repo.engine.begin() as conn:
+        await conn.execute(conversations.insert(), rows)
 
 
 async def last_active(repo: SqlRepository, k: ConversationKey) -> datetime:

@@ -26,14 +26,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from adapters.slack.render import to_mrkdwn
 from bot.types import ConversationKey
@@ -43,7 +43,7 @@ from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
 from tests.model_server import llama_cpp_server
-from tests.storage_support import PG_URL, database_url
+from tests.storage_support import PG_URL, database_url, insert_idle
 
 pytestmark = [
     pytest.mark.skipif(
@@ -262,20 +262,8 @@ class Balancer:
 
 async def seed(repo: SqlRepository, prefix: str, count: int, *, idle: timedelta) -> None:
     """`count` conversations of platform "seed", last active `idle` ago."""
-    at = datetime.now(UTC) - idle
-    rows = [
-        {
-            "platform": "seed",
-            "workspace": "",
-            "channel": prefix,
-            "thread": str(n),
-            "created_at": at,
-            "last_active_at": at,
-        }
-        for n in range(count)
-    ]
-    async with repo.engine.begin() as conn:
-        await conn.execute(insert(conversations), rows)
+    keys = [ConversationKey("seed", "", prefix, str(n)) for n in range(count)]
+    await insert_idle(repo, keys, idle.total_seconds())
 
 
 async def seeded(repo: SqlRepository, prefix: str) -> int:

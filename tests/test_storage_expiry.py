@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from storage.models import conversations
 from storage.pruning import PruneJob, prune_once, schedule_pruning
 from storage.sql import PRUNE_BATCH
 from tests.storage_support import (
@@ -16,6 +14,7 @@ from tests.storage_support import (
     count_conversations,
     count_turns,
     has_conversation,
+    insert_idle,
     key,
     open_repo,
 )
@@ -31,21 +30,8 @@ async def _conversation(repo, k, turns=2, idle=0.0):
 
 
 async def _many_idle(repo, count, idle):
-    """Insert `count` idle conversations with one turn each, in one statement each."""
-    past = datetime.now(UTC) - timedelta(seconds=idle)
-    rows = [
-        {
-            "platform": "slack",
-            "workspace": "T",
-            "channel": f"bulk{i}",
-            "thread": "",
-            "created_at": past,
-            "last_active_at": past,
-        }
-        for i in range(count)
-    ]
-    async with repo.engine.begin() as conn:
-        await conn.execute(conversations.insert(), rows)
+    """Insert `count` idle conversations, in one statement; a turn in some of them."""
+    await insert_idle(repo, [key(f"bulk{i}", ws="T") for i in range(count)], idle)
     for i in range(0, count, 97):  # a turn in some of them, so the cascade is exercised
         await repo.append_turn(key(f"bulk{i}", ws="T"), user_id="U", question="q", answer="a")
         await age(repo, key(f"bulk{i}", ws="T"), idle)
