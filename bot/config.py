@@ -100,7 +100,7 @@ class EngineSettings(Section):
     context_size: int = Field(4096, ge=256)
     batch_size: int = Field(512, ge=16)
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
-    flash_attention: bool = False
+    flash_attention: bool = True
     max_queue: int = Field(32, ge=0)
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)

@@ -129,7 +129,7 @@ class ContextParams:
     n_batch: int
     threads: int
     kv_type: str = "f16"
-    flash_attention: bool = False
+    flash_attention: bool = True
 
 
 class NativeContext:
