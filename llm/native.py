@@ -267,6 +267,12 @@ class Sampler:
     """llama.cpp's sampler chain: penalties -> top-k -> top-p -> temperature -> draw.
 
     Temperature 0 means greedy (with the repeat penalty still applied).
+
+    The penalty pass looks every candidate up in its history: ~0.3 ms a token on a 152k
+    vocabulary, most of the chain's cost. A penalty above 1 only lowers the logits of the at
+    most PENALTY_WINDOW tokens it has seen, so the k best after it are among the
+    k + PENALTY_WINDOW best before it: a top-k of that size first gives the same draws for
+    a third of the work.
     """
 
     def __init__(self, model: NativeModel, params: SamplingParams) -> None:
@@ -274,6 +280,10 @@ class Sampler:
         chain_params.no_perf = True
         self.ptr: Any = lc.llama_sampler_chain_init(chain_params)
         add = lc.llama_sampler_chain_add
+        greedy = params.temperature <= 0
+        if params.repeat_penalty > 1.0 and (greedy or params.top_k > 0):
+            best = 1 if greedy else params.top_k
+            add(self.ptr, lc.llama_sampler_init_top_k(best + PENALTY_WINDOW))
         if params.repeat_penalty != 1.0:
             add(
                 self.ptr,
@@ -281,7 +291,7 @@ class Sampler:
                     model.n_vocab, PENALTY_WINDOW, params.repeat_penalty, 0.0, 0.0
                 ),
             )
-        if params.temperature <= 0:
+        if greedy:
             add(self.ptr, lc.llama_sampler_init_greedy())
         else:
             if params.top_k > 0:

@@ -282,3 +282,63 @@ async def test_counting_tokens_while_answers_stream_gives_the_same_counts(
     await asyncio.gather(*streams)
     idle = await make_engine()
     assert while_busy == [idle.count_tokens(m) for m in questions]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_sampler_draws_what_the_plain_penalty_first_chain_draws(
+    tiny_model_path: Path, temperature: float
+) -> None:
+    """The engine's sampler skips most of the vocabulary before the repeat penalty; a strong
+    penalty on the tiny model's random logits shows any token that shortcut would change."""
+    import llama_cpp as lc
+
+    from llm.native import (
+        PENALTY_WINDOW,
+        Batch,
+        ContextParams,
+        NativeContext,
+        NativeModel,
+        Sampler,
+        SamplingParams,
+        init_backend,
+    )
+
+    init_backend()
+    model = NativeModel(tiny_model_path)
+    ctx = NativeContext(model, ContextParams(n_seq=1, n_ctx_seq=512, n_batch=64, threads=1))
+    params = SamplingParams(temperature=temperature, top_p=0.9, top_k=8, repeat_penalty=1.8, seed=7)
+    ours = Sampler(model, params)
+    reference = Sampler(model, params)
+    lc.llama_sampler_free(reference.ptr)  # rebuilt the textbook way: penalties first
+    reference.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    chain = [lc.llama_sampler_init_penalties(model.n_vocab, PENALTY_WINDOW, 1.8, 0.0, 0.0)]
+    if temperature <= 0:
+        chain.append(lc.llama_sampler_init_greedy())
+    else:
+        chain += [
+            lc.llama_sampler_init_top_k(8),
+            lc.llama_sampler_init_top_p(0.9, 1),
+            lc.llama_sampler_init_temp(temperature),
+            lc.llama_sampler_init_dist(7),
+        ]
+    for sampler in chain:
+        lc.llama_sampler_chain_add(reference.ptr, sampler)
+    batch = Batch(64)
+    try:
+        prompt = model.tokenize("<|im_start|>user\nhello there<|im_end|>\n", special=True)
+        at = batch.add_many(prompt, 0, 0, True)
+        drawn: list[int] = []
+        for step in range(300):
+            assert ctx.decode(batch) == 0
+            token = ours.sample(ctx, at)
+            assert reference.sample(ctx, at) == token, f"step {step}: {drawn[-8:]}"
+            drawn.append(token)
+            batch.clear()
+            at = batch.add(token, len(prompt) + step, 0, True)
+        assert len(set(drawn)) > 20  # the penalty kept the draws moving through the vocabulary
+    finally:
+        ours.free()
+        reference.free()
+        batch.free()
+        ctx.free()
+        model.free()
