@@ -5,7 +5,8 @@
 (a) single-stream decode speed of the engine vs. a plain low-level llama.cpp loop (greedy,
     one token per llama_decode, run in a child process so it never shares the CPU with the
     engine), alternating rounds to even out noise from other work on the machine;
-(b) total tokens/s with 1, 4 and 8 concurrent conversations, and the worst first-token time;
+(b) total tokens/s with 1, 4 and 8 concurrent conversations, and the worst first-token time,
+    beside what the plain loop gains from decoding 4 and 8 sequences per llama_decode;
 (c) first-token time of a follow-up in a ~1,500-token thread vs. the same prompt uncached;
 (d) peak RSS of this process (the engine with 8 slots x 2,048 tokens) and load time;
 --peer: the same concurrent load against llama-cpp-python's server (python -m llama_cpp.server).
@@ -53,11 +54,15 @@ NOISY = 0.25  # cores used by other processes that make a measurement worth repe
 STORY = "Write a long, detailed story about a dragon who learns to program computers."
 
 
-def baseline_loop(model_path: str, threads: int, tokens: int, flash: bool) -> dict[str, float]:
+def baseline_loop(
+    model_path: str, threads: int, tokens: int, flash: bool, streams: int = 1
+) -> dict[str, float]:
     """A plain greedy decode loop on llama.cpp's low-level API: the speed to beat.
 
-    Its sampler does what the engine's greedy sampler does (repeat penalty, then argmax),
-    so the two differ only in what the engine adds around llama.cpp.
+    Its sampler gives what the engine's greedy sampler gives (repeat penalty, then argmax),
+    so the two differ only in what the engine adds around llama.cpp. With `streams` > 1 it
+    decodes that many sequences per `llama_decode` (different prompts, pre-filled in one
+    batch, not timed): what llama.cpp itself gains from batching on this machine.
     """
     import ctypes
 
@@ -72,40 +77,66 @@ def baseline_loop(model_path: str, threads: int, tokens: int, flash: bool) -> di
     model = lc.llama_model_load_from_file(model_path.encode(), lc.llama_model_default_params())
     vocab = lc.llama_model_get_vocab(model)
     params = lc.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048 * streams, 512, 512
+    params.n_seq_max = streams
     params.n_threads = params.n_threads_batch = threads
     params.flash_attn_type = int(flash)  # the engine's setting: 1 enabled, 0 disabled
     ctx = lc.llama_init_from_model(model, params)
-    text = (
-        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{STORY}<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    ).encode()
-    buf = (lc.llama_token * (len(text) + 8))()
-    n_prompt = lc.llama_tokenize(vocab, text, len(text), buf, len(buf), False, True)
-    sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    penalty = EngineSettings().repeat_penalty
+    batch = lc.llama_batch_init(512, 0, 1)
     n_vocab = lc.llama_vocab_n_tokens(vocab)
-    lc.llama_sampler_chain_add(
-        sampler, lc.llama_sampler_init_penalties(n_vocab, 64, penalty, 0.0, 0.0)
-    )
-    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
-    if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, n_prompt)) != 0:
+    penalty = EngineSettings().repeat_penalty
+
+    def put(index: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[index], batch.pos[index], batch.n_seq_id[index] = token, pos, 1
+        batch.seq_id[index][0], batch.logits[index] = seq, logits
+
+    samplers, heads, positions = [], [], []
+    for seq in range(streams):
+        question = STORY if streams == 1 else f"Write a long, detailed essay about {TOPICS[seq]}."
+        text = (
+            f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        ).encode()
+        buf = (lc.llama_token * (len(text) + 8))()
+        n_prompt = lc.llama_tokenize(vocab, text, len(text), buf, len(buf), False, True)
+        for pos in range(n_prompt):
+            put(batch.n_tokens + pos, buf[pos], pos, seq, pos == n_prompt - 1)
+        batch.n_tokens += n_prompt
+        heads.append(batch.n_tokens - 1)
+        positions.append(n_prompt)
+        sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(
+            sampler, lc.llama_sampler_init_penalties(n_vocab, 64, penalty, 0.0, 0.0)
+        )
+        lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
+        samplers.append(sampler)
+    if lc.llama_decode(ctx, batch) != 0:
         raise RuntimeError("prompt decode failed")
-    token = (lc.llama_token * 1)()
     first = time.perf_counter()
     for _ in range(tokens - 1):
-        token[0] = lc.llama_sampler_sample(sampler, ctx, -1)
-        if lc.llama_decode(ctx, lc.llama_batch_get_one(token, 1)) != 0:
+        batch.n_tokens = streams
+        for seq in range(streams):
+            put(
+                seq,
+                lc.llama_sampler_sample(samplers[seq], ctx, heads[seq]),
+                positions[seq],
+                seq,
+                True,
+            )
+            heads[seq] = seq
+            positions[seq] += 1
+        if lc.llama_decode(ctx, batch) != 0:
             raise RuntimeError("decode failed")
-    token[0] = lc.llama_sampler_sample(sampler, ctx, -1)
+    for seq in range(streams):
+        lc.llama_sampler_sample(samplers[seq], ctx, heads[seq])
     elapsed = time.perf_counter() - first
-    return {"tokens_per_second": (tokens - 1) / elapsed}
+    return {"tokens_per_second": streams * (tokens - 1) / elapsed}
 
 
-def run_baseline(args: argparse.Namespace) -> float:
-    command = [sys.executable, __file__, "--model", args.model, "--baseline-child"]
+def run_baseline(args: argparse.Namespace, streams: int = 1) -> float:
+    command = [sys.executable, __file__, "--model", args.model, "--baseline-child", str(streams)]
     command += ["--threads", str(args.threads), "--tokens", str(args.tokens)]
-    command += ["--flash-attention"] if args.flash_attention else []
+    command += ["--flash-attention" if args.flash_attention else "--no-flash-attention"]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["tokens_per_second"])
 
@@ -299,6 +330,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             plan: dict[Any, Callable[[], Awaitable[Any]]] = {
                 "loop": lambda: asyncio.to_thread(run_baseline, args),
                 "engine": single,
+                "loop4": lambda: asyncio.to_thread(run_baseline, args, 4),
+                "loop8": lambda: asyncio.to_thread(run_baseline, args, 8),
             }
             for n in (1, 4, 8):
                 plan[n] = functools.partial(concurrent, engine, n, args.tokens, f"r{number}-{n}")
@@ -386,7 +419,9 @@ def show(report: dict[str, Any]) -> None:
     for n, target in ((4, 1.6), (8, 2.2)):
         print(
             f"    {n} vs 1 stream: total {ratio(rounds, n, 1, 'total_tps'):.2f}x, decode-phase "
-            f"{ratio(rounds, n, 1, 'decode_tps'):.2f}x  (target >= {target})"
+            f"{ratio(rounds, n, 1, 'decode_tps'):.2f}x  (target >= {target}); the plain loop "
+            f"with {n} sequences per decode: {med(rounds, f'loop{n}'):.1f} tok/s = "
+            f"{ratio(rounds, f'loop{n}', 'loop'):.2f}x its single stream"
         )
     if "peer4" in rounds[0]:
         for n in (4, 8):
@@ -413,7 +448,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (a)")
     parser.add_argument("--thread-tokens", type=int, default=1500)
     parser.add_argument(
-        "--flash-attention", action="store_true", help="engine.flash_attention (both sides)"
+        "--flash-attention",
+        action=argparse.BooleanOptionalAction,
+        default=EngineSettings().flash_attention,
+        help="engine.flash_attention (both sides; default: the engine's default)",
     )
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measure when other processes were busy"
@@ -422,13 +460,17 @@ def main() -> None:
         "--patience", type=float, default=120, help="seconds to wait for a quiet machine"
     )
     parser.add_argument("--peer", action="store_true", help="also load llama_cpp.server")
-    parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.model:
         parser.error("--model PATH is required (or set EDGEQA_TEST_MODEL)")
     if args.baseline_child:
         print(
-            json.dumps(baseline_loop(args.model, args.threads, args.tokens, args.flash_attention))
+            json.dumps(
+                baseline_loop(
+                    args.model, args.threads, args.tokens, args.flash_attention, args.baseline_child
+                )
+            )
         )
         return
     show(asyncio.run(bench(args)))
