@@ -22,7 +22,14 @@ HELP = {
     "edgeqa_delivery_failures_total": ("counter", "Answers a platform refused past the bound."),
     "edgeqa_queue_length": ("gauge", "Questions waiting for their thread or the engine."),
     "edgeqa_active_answers": ("gauge", "Answers being generated now."),
-    "edgeqa_engine_tokens_per_second": ("gauge", "Engine decode speed, tokens per second."),
+    "edgeqa_engine_tokens_per_second": (
+        "gauge",
+        "Tokens generated per second of engine busy time, all answers together.",
+    ),
+    "edgeqa_answer_tokens_per_second": (
+        "gauge",
+        "How fast one answer is written once started, tokens per second (over all answers).",
+    ),
     "edgeqa_time_to_first_token_seconds": (
         "histogram",
         "From question received to the first token of the answer.",

@@ -90,6 +90,10 @@ class ConversationService:
         self.metrics.gauge(
             "edgeqa_engine_tokens_per_second", lambda: self._engine.stats().tokens_per_second
         )
+        self.metrics.gauge(
+            "edgeqa_answer_tokens_per_second",
+            lambda: self._engine.stats().answer_tokens_per_second,
+        )
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -373,7 +377,9 @@ class ConversationService:
                 f"Conversations: {stored.conversations} · turns: {stored.turns}",
                 f"Tokens: {stored.prompt_tokens:,} prompt · {stored.completion_tokens:,} generated",
                 f"Queue: {waiting + engine.queued} waiting · {len(self._generations())} answering",
-                f"Engine ({self._engine.name}): {engine.tokens_per_second:.1f} tokens/s · "
+                f"Engine ({self._engine.name}): answers written at "
+                f"{engine.answer_tokens_per_second:.1f} tokens/s each, "
+                f"{engine.tokens_per_second:.1f} tokens/s in all while busy · "
                 f"first token {engine.mean_time_to_first_token:.2f} s on average · "
                 f"{engine.reused_tokens:,} prompt tokens reused from cache",
                 f"Up for {uptime // 3600}h {uptime % 3600 // 60}m",

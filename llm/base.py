@@ -57,6 +57,27 @@ class RequestStats:
     finish_reason: str = ""  # "stop", "length", "cancelled", "error"
 
 
+@dataclass
+class AnswerSpeed:
+    """How fast answers are written once they have started, over many answers.
+
+    Tokens after each answer's first one, over the time from its first token to its last:
+    what a reader sees, whatever else the engine was doing meanwhile.
+    """
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, stats: RequestStats) -> None:
+        if stats.generated_tokens > 1 and stats.tokens_per_second > 0:
+            self.tokens += stats.generated_tokens - 1
+            self.seconds += (stats.generated_tokens - 1) / stats.tokens_per_second
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of the stream.
@@ -82,7 +103,8 @@ class EngineStats:
     reused_tokens: int = 0
     generated_tokens: int = 0
     mean_time_to_first_token: float = 0.0
-    tokens_per_second: float = 0.0
+    tokens_per_second: float = 0.0  # all answers together, over the time the engine was busy
+    answer_tokens_per_second: float = 0.0  # one answer's own pace (AnswerSpeed)
     extra: dict[str, float] = field(default_factory=dict)
 
 

@@ -238,6 +238,7 @@ class LlamaCppEngine:
             if t.first_tokens
             else 0.0,
             tokens_per_second=t.generated_tokens / t.busy_seconds if t.busy_seconds else 0.0,
+            answer_tokens_per_second=t.answer_speed.tokens_per_second,
             extra={
                 "slots": float(len(worker.slots)),
                 "context_size": float(self.context_size),

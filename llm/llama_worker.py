@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llm.base import Chunk, EngineBusy, EngineError
+from llm.base import AnswerSpeed, Chunk, EngineBusy, EngineError
 from llm.llama_slots import Slot, StateCache, choose_slot, common_prefix
 from llm.native import Batch, NativeContext, NativeModel, Sampler, SamplingParams
 from llm.textstream import TextStream
@@ -53,6 +53,7 @@ class Totals:
     first_token_seconds: float = 0.0
     first_tokens: int = 0
     busy_seconds: float = 0.0
+    answer_speed: AnswerSpeed = field(default_factory=AnswerSpeed)
     cancelled: int = 0
     rejected: int = 0
     errors: int = 0
@@ -287,6 +288,7 @@ class Worker:
             if slot.first_token_at is not None:
                 totals.first_token_seconds += stats.time_to_first_token
                 totals.first_tokens += 1
+            totals.answer_speed.add(stats)
             totals.cancelled += reason == "cancelled"
         slot.release()
         job.emit(Chunk(done=True, stats=stats))

@@ -20,6 +20,7 @@ import aiohttp
 
 from bot.config import EngineSettings
 from llm.base import (
+    AnswerSpeed,
     ChatMessage,
     Chunk,
     EngineError,
@@ -53,6 +54,7 @@ class OpenAICompatEngine:
         self._totals: dict[str, float] = dict.fromkeys(
             ("requests", "prompt", "generated", "ttft", "first", "busy", "errors"), 0.0
         )
+        self._answer_speed = AnswerSpeed()
 
     async def start(self) -> None:
         if self._session is not None:
@@ -93,6 +95,7 @@ class OpenAICompatEngine:
             generated_tokens=int(t["generated"]),
             mean_time_to_first_token=t["ttft"] / t["first"] if t["first"] else 0.0,
             tokens_per_second=t["generated"] / t["busy"] if t["busy"] else 0.0,
+            answer_tokens_per_second=self._answer_speed.tokens_per_second,
             extra={"errors": t["errors"], "slots": float(self._line.capacity)},
         )
 
@@ -171,16 +174,15 @@ class OpenAICompatEngine:
             self._totals["ttft"] += first - submitted
             self._totals["first"] += 1
         rate = (generated - 1) / (now - first) if first and generated > 1 and now > first else 0.0
-        yield Chunk(
-            done=True,
-            stats=RequestStats(
-                prompt_tokens=prompt,
-                generated_tokens=generated,
-                time_to_first_token=first - submitted if first else 0.0,
-                tokens_per_second=rate,
-                finish_reason="length" if reason == "length" else "stop",
-            ),
+        stats = RequestStats(
+            prompt_tokens=prompt,
+            generated_tokens=generated,
+            time_to_first_token=first - submitted if first else 0.0,
+            tokens_per_second=rate,
+            finish_reason="length" if reason == "length" else "stop",
         )
+        self._answer_speed.add(stats)
+        yield Chunk(done=True, stats=stats)
 
     async def _open(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
         assert self._session is not None

@@ -117,6 +117,17 @@ async def test_follow_up_reuses_the_cached_prefix_and_answers_like_a_cold_cache(
     assert engine.stats().reused_tokens == stats.reused_tokens
 
 
+async def test_answer_speed_is_each_answers_own_pace_over_all_answers(
+    make_engine: MakeEngine,
+) -> None:
+    engine = await make_engine(max_tokens=30)
+    stats = [(await greedy(engine, question))[1] for question in ("One", "Two more words")]
+    written = sum(s.generated_tokens - 1 for s in stats)
+    seconds = sum((s.generated_tokens - 1) / s.tokens_per_second for s in stats)
+    assert written == 58
+    assert engine.stats().answer_tokens_per_second == pytest.approx(written / seconds)
+
+
 @pytest.mark.parametrize("state_cache_mb", [0, 64])
 async def test_eviction_under_slot_pressure_keeps_answers_correct(
     make_engine: MakeEngine, state_cache_mb: int

@@ -53,6 +53,7 @@ async def test_streams_an_answer_from_a_real_llama_cpp_server(
         text, stats = await _answer(engine, _ask(stop=["€"]))
         assert text == tiny_script.split("€")[0]
         assert engine.stats().requests == 2
+        assert engine.stats().answer_tokens_per_second > 0
     finally:
         await engine.close()
 
