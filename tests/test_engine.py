@@ -319,9 +319,8 @@ def test_the_sampler_draws_what_the_plain_penalty_first_chain_draws(
     ctx = NativeContext(model, ContextParams(n_seq=1, n_ctx_seq=512, n_batch=64, threads=1))
     params = SamplingParams(temperature=temperature, top_p=0.9, top_k=8, repeat_penalty=1.8, seed=7)
     ours = Sampler(model, params)
-    reference = Sampler(model, params)
-    lc.llama_sampler_free(reference.ptr)  # rebuilt the textbook way: penalties first
-    reference.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    # The same chain the textbook way: penalties first, over the whole vocabulary.
+    reference = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     chain = [lc.llama_sampler_init_penalties(model.n_vocab, PENALTY_WINDOW, 1.8, 0.0, 0.0)]
     if temperature <= 0:
         chain.append(lc.llama_sampler_init_greedy())
@@ -333,7 +332,7 @@ def test_the_sampler_draws_what_the_plain_penalty_first_chain_draws(
             lc.llama_sampler_init_dist(7),
         ]
     for sampler in chain:
-        lc.llama_sampler_chain_add(reference.ptr, sampler)
+        lc.llama_sampler_chain_add(reference, sampler)
     batch = Batch(64)
     try:
         prompt = model.tokenize("<|im_start|>user\nhello there<|im_end|>\n", special=True)
@@ -342,14 +341,16 @@ def test_the_sampler_draws_what_the_plain_penalty_first_chain_draws(
         for step in range(300):
             assert ctx.decode(batch) == 0
             token = ours.sample(ctx, at)
-            assert reference.sample(ctx, at) == token, f"step {step}: {drawn[-8:]}"
+            assert lc.llama_sampler_sample(reference, ctx.ptr, at) == token, (
+                f"step {step}: {drawn[-8:]}"
+            )
             drawn.append(token)
             batch.clear()
             at = batch.add(token, len(prompt) + step, 0, True)
         assert len(set(drawn)) > 20  # the penalty kept the draws moving through the vocabulary
     finally:
         ours.free()
-        reference.free()
+        lc.llama_sampler_free(reference)
         batch.free()
         ctx.free()
         model.free()
