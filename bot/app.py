@@ -20,7 +20,7 @@ from bot.metrics import Metrics
 from bot.service import ConversationService
 from llm.base import Engine
 from storage.base import Repository
-from storage.pruning import schedule_pruning
+from storage.pruning import PruneJob, schedule_pruning
 from storage.sql import SqlRepository
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class App:
         self.http: HttpServer | None = None
         self._engine_ready = False
         self._started: list[Adapter] = []
+        self._pruning: PruneJob | None = None
 
     @property
     def port(self) -> int:
@@ -89,7 +90,7 @@ class App:
             await adapter.start(self.service)
             self._started.append(adapter)
         history = self.settings.history
-        schedule_pruning(
+        self._pruning = schedule_pruning(
             self.scheduler,
             self.repo,
             history.ttl,
@@ -115,6 +116,14 @@ class App:
                 log.exception("stopping the %s adapter failed", adapter.name)
         self._started.clear()
         if self.scheduler.running:
+            # A pass cancelled mid-statement would leave its connection closing in the
+            # background after the database is closed: start no new pass, let one in flight
+            # finish (within the grace), then stop the scheduler.
+            self.scheduler.pause()
+            if self._pruning is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self._pruning.wait_idle()
             self.scheduler.shutdown(wait=False)
         if self.http is not None:
             await self.http.stop()

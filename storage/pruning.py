@@ -51,9 +51,22 @@ class PruneJob:
         self.runs = 0
         self.failures = 0
         self.removed_total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no pass is in flight: a shutdown lets one finish before the database closes."""
+        await self._idle.wait()
 
     async def run(self) -> int:
         """Prune once; returns the number of conversations removed (0 after a failure)."""
+        self._idle.clear()
+        try:
+            return await self._pass()
+        finally:
+            self._idle.set()
+
+    async def _pass(self) -> int:
         try:
             removed = await self.repo.prune_expired(self.ttl_seconds, protect=set(self.protect()))
         except asyncio.CancelledError:

@@ -7,8 +7,11 @@ import logging
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.app import App
 from storage.pruning import PruneJob, prune_once, schedule_pruning
 from storage.sql import PRUNE_BATCH
+from tests.doubles import ScriptedEngine
+from tests.harness import test_settings
 from tests.storage_support import (
     age,
     count_conversations,
@@ -189,3 +192,29 @@ async def test_a_shutdown_in_the_middle_of_a_pass_is_no_error(url, caplog):
         assert (job.failures, job.removed_total) == (0, 0)
         del repo.prune_expired
         assert await count_conversations(repo) == 1  # untouched; the next start prunes it
+
+
+async def test_the_bot_stopping_lets_a_pass_in_flight_finish_first(tmp_path):
+    """The first pass runs as the bot starts; a bot stopped at once (a quick restart, a
+    test) waits for it instead of closing the database under it."""
+    settings = test_settings(tmp_path)
+    app = App(settings, engine=ScriptedEngine("ok"), adapters=[])
+    started, go = asyncio.Event(), asyncio.Event()
+    prune = app.repo.prune_expired
+
+    async def slow_prune(ttl_seconds, *, protect=()):
+        started.set()
+        await go.wait()
+        return await prune(ttl_seconds, protect=protect)
+
+    app.repo.prune_expired = slow_prune  # type: ignore[method-assign]
+    await app.start()
+    await _conversation(app.repo, key("old"), idle=settings.history.ttl + HOUR)
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.create_task(app.stop(grace=10))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for the pass
+    go.set()
+    await asyncio.wait_for(stopping, 10)
+    async with open_repo(settings.history.database_url) as repo:
+        assert await count_conversations(repo) == 0  # the pass ran to the end
