@@ -31,6 +31,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from knowledge.config import KnowledgeSettings
+
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
 DEFAULT_CONFIG_FILE = "edgeqa.toml"
 
@@ -187,6 +189,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
     log: LogSettings = LogSettings()
 
     # Shortcuts and secrets (environment only; see SECRET_ENV).

@@ -1,0 +1,57 @@
+"""The `[knowledge]` section: where the documents are and how answers use them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Section):
+    """One folder or glob of documents, in one collection.
+
+    `path` is a folder (read recursively) or a glob; relative paths resolve against the
+    config file's folder. `url_prefix` + the document's path relative to the source makes
+    the link shown in citations ("" = no link, the title alone).
+    """
+
+    path: str
+    collection: str = "default"
+    url_prefix: str = ""
+
+
+class CollectionRule(_Section):
+    """Which collections one platform, chat or channel may search.
+
+    `platform` is "web", "telegram" or "slack"; `chat` a chat or channel id ("" = every
+    chat of that platform). The most specific matching rule wins; with no rule, all.
+    """
+
+    platform: str
+    chat: str = ""
+    collections: list[str]
+
+
+class KnowledgeSettings(_Section):
+    sources: list[SourceSettings] = []
+    # Embedding GGUF (local path or hub reference, like the chat model); "" = keyword only.
+    embedding_model: str = ""
+    chunk_tokens: int = Field(300, ge=32, le=2048)
+    # How many passages go into the prompt at most, and their share of the token budget.
+    top_k: int = Field(4, ge=1, le=20)
+    passage_tokens: int = Field(900, ge=64)
+    # Below this fused relevance, a passage does not count (see knowledge/ for its scale).
+    min_score: float = Field(0.0, ge=0)
+    # "strict": say the documents do not cover it and stop; "prefer": answer anyway, marked.
+    mode: Literal["strict", "prefer"] = "strict"
+    sync_interval: float = Field(600.0, gt=0)  # seconds between background syncs
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    collections: list[CollectionRule] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sources)
