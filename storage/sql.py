@@ -7,7 +7,7 @@ which is atomic even when two processes store the first turn of the same thread 
 Deletes re-check their condition in the DELETE itself, so running them twice, or from two
 processes, removes each row exactly once.
 
-Input is made storable before it reaches the database (storage.text.clean_text) and is
+Input is made storable before it reaches the database (bot.text.storable) and is
 validated before the transaction starts, so bad input can fail one call but never touches
 what is already stored.
 """
@@ -24,12 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.text import storable
 from bot.types import ConversationKey
 from storage.base import Scope, StorageStats, Turn, TurnStatus
 from storage.engine import create_engine, split_schema
 from storage.migrate import upgrade, upgrade_engine
 from storage.models import KEY_LENGTH, TURN_STATUSES, conversations, turns
-from storage.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,8 @@ class SqlRepository:
         row = {
             "platform": values["platform"],
             "user_id": _key_part("user_id", user_id),
-            "question": clean_text(question),
-            "answer": clean_text(answer),
+            "question": storable(question),
+            "answer": storable(answer),
             "status": status,
             "prompt_tokens": _tokens(prompt_tokens),
             "completion_tokens": _tokens(completion_tokens),
@@ -299,7 +299,7 @@ def _now() -> datetime:
 
 
 def _key_part(name: str, value: str) -> str:
-    cleaned = clean_text(str(value))
+    cleaned = storable(str(value))
     if len(cleaned) > KEY_LENGTH:
         raise ValueError(f"{name} is longer than {KEY_LENGTH} characters")
     return cleaned
