@@ -59,7 +59,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "db":
         return asyncio.run(_db(args.db_command, settings))
     if command == "model":
-        from llm.models import pull_model, resolve_model
+        from llm.model_files import pull_model, resolve_model
 
         if args.model_command == "pull":
             print(pull_model(settings.model_ref, settings.engine.model_dir))

@@ -27,7 +27,7 @@ from llm.base import (
 )
 from llm.chat_template import ChatTemplate
 from llm.llama_worker import Job, Worker
-from llm.models import resolve_model
+from llm.model_files import resolve_model
 from llm.native import ContextParams, NativeContext, NativeModel, SamplingParams, init_backend
 
 log = logging.getLogger(__name__)

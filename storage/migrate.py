@@ -25,7 +25,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.engine import create_engine, split_schema
+from storage.database import create_db_engine, split_schema
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -50,7 +50,7 @@ def head_revision() -> str:
 
 async def upgrade(url: str | URL) -> str:
     """Create or upgrade the schema at `url` to head; returns the revision it is now at."""
-    engine = create_engine(url, foreign_keys=False)
+    engine = create_db_engine(url, foreign_keys=False)
     try:
         return await upgrade_engine(engine, schema=split_schema(url)[1])
     finally:
@@ -59,7 +59,7 @@ async def upgrade(url: str | URL) -> str:
 
 async def current_revision(url: str | URL) -> str | None:
     """The revision the database is at (None for an empty database)."""
-    engine = create_engine(url)
+    engine = create_db_engine(url)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current)

@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.text import storable
 from bot.types import ConversationKey
 from storage.base import Scope, StorageStats, Turn, TurnStatus
-from storage.engine import create_engine, split_schema
+from storage.database import create_db_engine, split_schema
 from storage.migrate import upgrade, upgrade_engine
-from storage.models import KEY_LENGTH, TURN_STATUSES, conversations, turns
+from storage.tables import KEY_LENGTH, TURN_STATUSES, conversations, turns
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,18 @@ class SqlRepository:
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self._migrate = migrate
-        self._engine: AsyncEngine | None = None
+        self._db: AsyncEngine | None = None
 
     @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
+    def db(self) -> AsyncEngine:
+        if self._db is None:
             raise RuntimeError("SqlRepository.start() has not been called")
-        return self._engine
+        return self._db
 
     async def start(self) -> None:
-        if self._engine is not None:
+        if self._db is not None:
             return
-        engine = create_engine(self.url)
+        engine = create_db_engine(self.url)
         try:
             if self._migrate:
                 if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (
@@ -74,17 +74,17 @@ class SqlRepository:
         except BaseException:
             await engine.dispose()
             raise
-        self._engine = engine
+        self._db = engine
 
     async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        if self._db is not None:
+            await self._db.dispose()
+            self._db = None
 
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(5):
-                async with self.engine.connect() as conn:
+                async with self.db.connect() as conn:
                     return (await conn.execute(text("SELECT 1"))).scalar() == 1
         except Exception as exc:
             log.warning("database ping failed: %s", type(exc).__name__)
@@ -92,7 +92,7 @@ class SqlRepository:
 
     async def touch(self, key: ConversationKey) -> None:
         values = _key_values(key)
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await self._upsert_conversation(conn, values, _now())
 
     async def append_turn(
@@ -119,7 +119,7 @@ class SqlRepository:
             "completion_tokens": _tokens(completion_tokens),
         }
         now = _now()
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             conversation_id = await self._upsert_conversation(conn, values, now)
             await conn.execute(
                 turns.insert().values(conversation_id=conversation_id, created_at=now, **row)
@@ -143,27 +143,27 @@ class SqlRepository:
             .order_by(turns.c.id.desc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Turn(*row) for row in reversed(rows)]
 
     async def reset(self, key: ConversationKey) -> int:
         match = _key_filter(_key_values(key))
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             ids = select(conversations.c.id).where(match).scalar_subquery()
             removed = await conn.execute(delete(turns).where(turns.c.conversation_id == ids))
             await conn.execute(delete(conversations).where(match))
         return int(removed.rowcount)
 
     async def reset_scope(self, scope: Scope) -> int:
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(delete(conversations).where(*_scope_filter(scope)))
         return int(result.rowcount)
 
     async def forget_user(self, platform: str, user_id: str) -> int:
         platform = _key_part("platform", platform)
         user_id = _key_part("user_id", user_id)
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(
                 delete(turns)
                 .where(turns.c.platform == platform, turns.c.user_id == user_id)
@@ -178,7 +178,7 @@ class SqlRepository:
                         ~exists().where(turns.c.conversation_id == conversations.c.id),
                     )
                 )
-        if owners and self.engine.dialect.name == "sqlite":
+        if owners and self.db.dialect.name == "sqlite":
             await self._checkpoint()
         return len(owners)
 
@@ -187,7 +187,7 @@ class SqlRepository:
         main file keeps them until a checkpoint), so a forgotten user's words would stay on
         disk for a while. Copying the log back now and truncating it leaves no copy."""
         try:
-            async with self.engine.connect() as conn:
+            async with self.db.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except DBAPIError as exc:  # the rows are gone either way; only the copies remain
             log.warning("could not checkpoint the SQLite log after a /forget: %s", exc)
@@ -199,11 +199,11 @@ class SqlRepository:
             raise ValueError("ttl_seconds must be positive")
         cutoff = _now() - timedelta(seconds=ttl_seconds)
         spared = {tuple(_key_values(key).values()) for key in protect}
-        if self.engine.dialect.name == "postgresql":
+        if self.db.dialect.name == "postgresql":
             return await self._prune_postgresql(cutoff, spared)
         removed, after = 0, 0
         while True:  # SQLite: one short write transaction per batch
-            async with self.engine.begin() as conn:
+            async with self.db.begin() as conn:
                 count, after, more = await self._prune_batch(conn, cutoff, spared, after)
             removed += count
             if not more:
@@ -211,7 +211,7 @@ class SqlRepository:
 
     async def stats(self, scope: Scope | None = None) -> StorageStats:
         where = _scope_filter(scope) if scope is not None else []
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             convs = (
                 await conn.execute(select(func.count()).select_from(conversations).where(*where))
             ).scalar_one()
@@ -231,7 +231,7 @@ class SqlRepository:
     async def _prune_postgresql(self, cutoff: datetime, spared: set[tuple[str, ...]]) -> int:
         """One transaction under an advisory lock: a second process skips instead of
         deleting the same rows alongside (which would be safe, just wasted work)."""
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             got = await conn.execute(
                 text(
                     "SELECT pg_try_advisory_xact_lock("

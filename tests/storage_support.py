@@ -1,7 +1,7 @@
 """Shared helpers for the storage tests: one database per test, SQLite or PostgreSQL.
 
 PostgreSQL runs only when EDGEQA_TEST_DATABASE_URL is set. Each test gets its own schema
-(`?schema=` on the URL, which storage.engine turns into the search_path), dropped afterwards,
+(`?schema=` on the URL, which storage.database turns into the search_path), dropped afterwards,
 so parallel and repeated runs on one server never see each other's rows.
 """
 
@@ -20,9 +20,9 @@ from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.engine import make_url
 
 from bot.types import ConversationKey
-from storage.engine import create_engine
-from storage.models import conversations, turns
+from storage.database import create_db_engine
 from storage.sql import SqlRepository
+from storage.tables import conversations, turns
 
 PG_URL = os.environ.get("EDGEQA_TEST_DATABASE_URL", "")
 
@@ -50,7 +50,7 @@ async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     try:
         yield url
     finally:
-        admin = create_engine(base)
+        admin = create_db_engine(base)
         try:
             async with admin.begin() as conn:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -84,7 +84,7 @@ def _match(k: ConversationKey) -> Any:
 async def age(repo: SqlRepository, k: ConversationKey, seconds: float) -> None:
     """Pretend the conversation was last active `seconds` ago (no sleeping in tests)."""
     past = datetime.now(UTC) - timedelta(seconds=seconds)
-    async with repo.engine.begin() as conn:
+    async with repo.db.begin() as conn:
         result = await conn.execute(
             update(conversations).where(_match(k)).values(last_active_at=past)
         )
@@ -106,12 +106,12 @@ async def insert_idle(repo: SqlRepository, keys: Iterable[ConversationKey], seco
         }
         for k in keys
     ]
-    async with repo.engine.begin() as conn:
+    async with repo.db.begin() as conn:
         await conn.execute(conversations.insert(), rows)
 
 
 async def last_active(repo: SqlRepository, k: ConversationKey) -> datetime:
-    async with repo.engine.connect() as conn:
+    async with repo.db.connect() as conn:
         value = (
             await conn.execute(select(conversations.c.last_active_at).where(_match(k)))
         ).scalar_one()
@@ -120,7 +120,7 @@ async def last_active(repo: SqlRepository, k: ConversationKey) -> datetime:
 
 
 async def count_conversations(repo: SqlRepository) -> int:
-    async with repo.engine.connect() as conn:
+    async with repo.db.connect() as conn:
         return int(
             (await conn.execute(select(func.count()).select_from(conversations))).scalar_one()
         )
@@ -131,11 +131,11 @@ async def count_turns(repo: SqlRepository, **where: str) -> int:
     query = select(func.count()).select_from(turns)
     for column, value in where.items():
         query = query.where(turns.c[column] == value)
-    async with repo.engine.connect() as conn:
+    async with repo.db.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
 
 
 async def has_conversation(repo: SqlRepository, k: ConversationKey) -> bool:
-    async with repo.engine.connect() as conn:
+    async with repo.db.connect() as conn:
         found = (await conn.execute(select(conversations.c.id).where(_match(k)))).first()
     return found is not None

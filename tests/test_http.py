@@ -46,7 +46,7 @@ async def test_health_and_metrics(tmp_path: Path) -> None:
 
         # The pruning job runs on its interval and its count shows up here.
         await app.repo.touch(ConversationKey("web", "", "old", "t"))
-        async with app.repo.engine.begin() as conn:  # type: ignore[attr-defined]
+        async with app.repo.db.begin() as conn:  # type: ignore[attr-defined]
             await conn.execute(
                 text("update conversations set last_active_at = '2000-01-01 00:00:00'")
             )

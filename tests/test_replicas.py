@@ -37,8 +37,8 @@ from sqlalchemy import func, select
 
 from adapters.slack.render import to_mrkdwn
 from bot.types import ConversationKey
-from storage.models import conversations
 from storage.sql import SqlRepository
+from storage.tables import conversations
 from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
@@ -268,7 +268,7 @@ async def seed(repo: SqlRepository, prefix: str, count: int, *, idle: timedelta)
 
 async def seeded(repo: SqlRepository, prefix: str) -> int:
     query = select(func.count()).select_from(conversations).where(conversations.c.channel == prefix)
-    async with repo.engine.connect() as conn:
+    async with repo.db.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
 
 

@@ -67,7 +67,7 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 async def rows(app: App, table: str, where: str = "", **params: str) -> int:
     """Rows really in a table, counted with plain SQL."""
     query = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")
-    async with app.repo.engine.connect() as conn:
+    async with app.repo.db.connect() as conn:
         return int((await conn.execute(text(query), params)).scalar_one())
 
 

@@ -164,7 +164,7 @@ async def test_admin_commands_work_for_admins(app: App, chat: RecordingAdapter) 
     await app.service.handle(ask("/reset-all", user="root", key=elsewhere))
     assert "all 1 conversations in this chat" in chat.messages()[-1]
     assert await turns(app, elsewhere) == []
-    async with app.repo.engine.connect() as conn:  # type: ignore[attr-defined]
+    async with app.repo.db.connect() as conn:  # type: ignore[attr-defined]
         assert (await conn.execute(text("select count(*) from turns"))).scalar() == 0
 
 

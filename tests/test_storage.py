@@ -10,8 +10,8 @@ from sqlalchemy import delete, text
 
 from bot.config import HistorySettings
 from storage.base import Scope
-from storage.models import conversations
 from storage.sql import SqlRepository
+from storage.tables import conversations
 from tests.harness import free_port
 from tests.storage_support import (
     age,
@@ -262,7 +262,7 @@ async def test_two_writers_start_the_same_new_conversation_at_once(url):
 async def test_deleting_a_conversation_cascades_to_its_turns(repo):
     # Proves foreign keys are enforced (SQLite has them off unless told on every connection).
     await repo.append_turn(key(), user_id="U", question="q", answer="a")
-    async with repo.engine.begin() as conn:
+    async with repo.db.begin() as conn:
         await conn.execute(delete(conversations))
     assert await count_turns(repo) == 0
 
@@ -271,11 +271,11 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_busy_timeout(tmp_pa
     async with open_repo(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}") as repo:
         # A fresh connection each time: the settings must hold for every one of them.
         for _ in range(2):
-            async with repo.engine.connect() as conn:
+            async with repo.db.connect() as conn:
                 assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
                 assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
                 assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() >= 1000
-            await repo.engine.dispose()
+            await repo.db.dispose()
 
 
 async def test_default_url_creates_its_data_directory(tmp_path, monkeypatch):

@@ -11,16 +11,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from storage.engine import create_engine
+from storage.database import create_db_engine
 from storage.migrate import current_revision, head_revision, upgrade
-from storage.models import metadata
+from storage.tables import metadata
 from tests.storage_support import key, open_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _inspect(url, fn):
-    engine = create_engine(url)
+    engine = create_db_engine(url)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(fn)

@@ -14,8 +14,8 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from storage.engine import create_engine
-from storage.models import metadata
+from storage.database import create_db_engine
+from storage.tables import metadata
 
 config = context.config
 
@@ -32,7 +32,7 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_standalone(url: str) -> None:
-    engine = create_engine(url, foreign_keys=False)
+    engine = create_db_engine(url, foreign_keys=False)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_configure)

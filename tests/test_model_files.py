@@ -15,7 +15,7 @@ from llm.base import ModelError
 from llm.factory import create_engine
 from llm.gguf_check import _TYPE_SIZES, check_gguf
 from llm.llama_engine import LlamaCppEngine
-from llm.models import pull_model, resolve_model
+from llm.model_files import pull_model, resolve_model
 from llm.openai_engine import OpenAICompatEngine
 from tests.fakes.common import serve
 from tests.harness import free_port

@@ -44,7 +44,7 @@ def split_schema(url: str | URL) -> tuple[URL, str | None]:
     return parsed.difference_update_query(["schema"]), schema
 
 
-def create_engine(url: str | URL, *, foreign_keys: bool = True) -> AsyncEngine:
+def create_db_engine(url: str | URL, *, foreign_keys: bool = True) -> AsyncEngine:
     """An AsyncEngine for `url`; SQLite files get their directory created.
 
     `foreign_keys=False` is only for migrations: SQLite's batch ALTER recreates tables and
