@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
-from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
+from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef, Progress
 from storage.base import Turn
 
 
@@ -115,3 +115,12 @@ class ShowsProgress(Protocol):
     async def progress(
         self, key: ConversationKey, ref: MessageRef | None, info: Progress
     ) -> None: ...
+
+
+@runtime_checkable
+class NamesCommands(Protocol):
+    """An adapter whose users type commands otherwise than "/name" (Slack: "/edgeqa name",
+    "@edgeqa name"); help texts and refusals then name them that way."""
+
+    @property
+    def command_syntax(self) -> CommandSyntax: ...

@@ -101,7 +101,6 @@ class StreamFlusher:
         self._lock = asyncio.Lock()
         self._pump_task: asyncio.Task[None] | None = None
         self._typing_task: asyncio.Task[None] | None = None
-        self.edits = 0
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -136,10 +135,6 @@ class StreamFlusher:
     @property
     def text(self) -> str:
         return self._text
-
-    @property
-    def refs(self) -> list[MessageRef]:
-        return [m.ref for m in self._messages if m.ref is not None]
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -288,7 +283,6 @@ class StreamFlusher:
             return _Outcome.RESPLIT
         message.shown = text
         message.final = final
-        self.edits += 1
         if self._on_edit is not None:
             self._on_edit()
         self._next_edit_at = self._clock() + self._adapter.edit_interval(self._key)

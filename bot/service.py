@@ -14,18 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from adapters.base import Adapter
+from adapters.base import Adapter, NamesCommands
 from bot.access import AccessPolicy
-from bot.commands import Command, help_text, parse_command, parse_user_ref
+from bot.commands import Activity, Command, CommandContext, execute, parse_command
 from bot.config import Settings
 from bot.flusher import DeliveryFailed, StreamFlusher
 from bot.metrics import Metrics
 from bot.prompt import build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
 from bot.text import clean_text
-from bot.types import ConversationKey, IncomingMessage, Progress
+from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress
 from llm.base import Engine, EngineBusy, EngineError, GenerationRequest, RequestStats
-from storage.base import Repository, Scope, Turn, TurnStatus
+from storage.base import Repository, Turn, TurnStatus
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ class ConversationService:
         if not self._access.allowed(msg):
             log.info("refused a command from %s in %s: not allowed", msg.user_id, msg.key)
             return "Sorry, you can't use this bot here."
-        command = parse_command(clean_text(msg.text))
-        if command is None:
-            return help_text(self._access.is_admin(msg.key.platform, msg.user_id))
+        command = parse_command(clean_text(msg.text)) or Command("help", "", known=True)
         return await self._execute(command, msg)
 
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
@@ -326,65 +324,39 @@ class ConversationService:
     async def _reply(self, adapter: Adapter, msg: IncomingMessage, text: str) -> None:
         await self._finish(self._flusher(adapter, msg), text)
 
-    # -- commands ------------------------------------------------------------------------
+    # -- commands (the table and the handlers are in bot.commands) ------------------------
 
     async def _execute(self, command: Command, msg: IncomingMessage) -> str:
-        platform = msg.key.platform
-        is_admin = self._access.is_admin(platform, msg.user_id)
-        spec = command.spec
-        if spec is None:
-            return f"I don't know the command /{command.name}. Try /help."
-        if spec.admin and not is_admin:
-            log.info("refused /%s for non-admin %s on %s", spec.name, msg.user_id, platform)
-            return f"Sorry, /{spec.name} is for admins only."
-        if spec.name == "help":
-            return help_text(is_admin)
-        if spec.name == "reset":
-            removed = await self._repo.reset(msg.key)
-            return f"Done — I've forgotten this thread ({removed} earlier questions)."
-        if spec.name == "stop":
-            thread = self._threads.get(msg.key)
-            if thread is not None and thread.current and thread.current.halt("stopped"):
-                return "Stopped."
-            return "Nothing to stop: I'm not writing an answer in this thread."
-        if spec.name == "reset-all":
-            key = msg.key
-            scope = (
-                Scope(platform, workspace=key.workspace)
-                if key.workspace
-                else Scope(platform, workspace=key.workspace, channel=key.channel)
+        adapter = self._adapters.get(msg.key.platform)
+        syntax = adapter.command_syntax if isinstance(adapter, NamesCommands) else CommandSyntax()
+        is_admin = self._access.is_admin(msg.key.platform, msg.user_id)
+        if command.spec is not None and command.spec.admin and not is_admin:
+            log.info(
+                "refused /%s for non-admin %s on %s", command.name, msg.user_id, msg.key.platform
             )
-            removed = await self._repo.reset_scope(scope)
-            where = "this workspace" if key.workspace else "this chat"
-            return f"Done — I've forgotten all {removed} conversations in {where}."
-        if spec.name == "stats":
-            return await self._stats_text()
-        if spec.name == "forget":
-            user = parse_user_ref(command.args)
-            if user is None:
-                return "Usage: /forget @user (or a user id)."
-            removed = await self._repo.forget_user(platform, user)
-            return f"Done — I've deleted {removed} questions from {user}."
-        raise AssertionError(f"unhandled command {spec.name}")
+        context = CommandContext(msg, command.args, is_admin, syntax, self)
+        return await execute(command, context)
 
-    async def _stats_text(self) -> str:
-        stored = await self._repo.stats()
-        engine = self._engine.stats()
-        waiting = sum(len(t.waiting) for t in self._threads.values())
-        uptime = int(time.monotonic() - self._started)
-        return "\n".join(
-            [
-                f"Conversations: {stored.conversations} · turns: {stored.turns}",
-                f"Tokens: {stored.prompt_tokens:,} prompt · {stored.completion_tokens:,} generated",
-                f"Queue: {waiting + engine.queued} waiting · {len(self._generations())} answering",
-                f"Engine ({self._engine.name}): answers written at "
-                f"{engine.answer_tokens_per_second:.1f} tokens/s each, "
-                f"{engine.tokens_per_second:.1f} tokens/s in all while busy · "
-                f"first token {engine.mean_time_to_first_token:.2f} s on average · "
-                f"{engine.reused_tokens:,} prompt tokens reused from cache",
-                f"Up for {uptime // 3600}h {uptime % 3600 // 60}m",
-            ]
+    # -- the commands.Core protocol ------------------------------------------------------
+
+    @property
+    def repo(self) -> Repository:
+        return self._repo
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def activity(self) -> Activity:
+        return Activity(
+            waiting=sum(len(t.waiting) for t in self._threads.values()),
+            answering=len(self._generations()),
+            uptime=time.monotonic() - self._started,
         )
+
+    async def stop_answer(self, msg: IncomingMessage) -> bool:
+        thread = self._threads.get(msg.key)
+        return bool(thread is not None and thread.current and thread.current.halt("stopped"))
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ without touching it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,6 @@ class IncomingMessage:
     user_id: str
     text: str
     is_direct: bool = False
-    mentions_bot: bool = False
-    user_name: str = ""
     message_id: str = ""
 
 
@@ -68,3 +67,31 @@ class Progress:
     tokens: int = 0
     tokens_per_second: float = 0.0
     done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSyntax:
+    """How a platform's users type a command, for help and refusals to name it the way that
+    works there. `chat` precedes a command typed anywhere (Telegram "/", Slack "/edgeqa ");
+    `thread` one that acts on the thread it is typed in (Slack "@edgeqa ": slash commands
+    cannot be used in threads)."""
+
+    chat: str = "/"
+    thread: str = "/"
+
+    def of(self, command: NamedCommand) -> str:
+        return (self.thread if command.in_thread else self.chat) + command.name
+
+    def usage(self, command: NamedCommand) -> str:
+        return f"{self.of(command)} {command.args}".rstrip()
+
+
+class NamedCommand(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_thread(self) -> bool: ...
+
+    @property
+    def args(self) -> str: ...

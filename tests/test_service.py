@@ -139,10 +139,6 @@ async def test_admin_commands_are_refused_to_others_and_change_nothing(
         await app.service.handle(ask(command, user="mallory"))
         assert chat.messages()[-1] == f"Sorry, {command.split()[0]} is for admins only."
     assert len(await turns(app)) == 1
-    # A display name that looks like the admin's changes nothing: ids decide.
-    fake = IncomingMessage(KEY, "mallory", "/reset-all", user_name="root")
-    await app.service.handle(fake)
-    assert len(await turns(app)) == 1
 
 
 async def test_admin_commands_work_for_admins(app: App, chat: RecordingAdapter) -> None:

@@ -45,7 +45,7 @@ async def test_mention_streams_the_answer_into_its_thread(ws: SlackWorkspace) ->
             CHANNEL,
             asked.ts,
         )
-        assert msg.mentions_bot and not msg.is_direct and msg.user_id == "U0ALICE"
+        assert not msg.is_direct and msg.user_id == "U0ALICE"
         answer = core.stored[msg.key][0]
         [reply] = ws.api.bot_messages(CHANNEL, asked.ts)
         assert reply.text == to_mrkdwn(answer)
@@ -94,7 +94,7 @@ async def test_thread_follow_ups_without_a_mention(ws: SlackWorkspace) -> None:
         await ws.say(CHANNEL, "a follow-up", thread_ts=asked.ts, user="U0BOB")
         await eventually(lambda: len(core.answered) == 2)
         follow_up = core.handled[1]
-        assert follow_up.key == core.handled[0].key and not follow_up.mentions_bot
+        assert follow_up.key == core.handled[0].key
         assert follow_up.text == "a follow-up" and follow_up.user_id == "U0BOB"
         # Chatter elsewhere is not for the bot: top level, or a thread it is not part of.
         other = await ws.say(CHANNEL, "lunch?", user="U0BOB")

@@ -155,8 +155,9 @@ class SlackAdapter:
             raise StartError(f"slack auth.test failed: {exc.response.get('error')}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StartError(f"slack API unreachable: {type(exc).__name__}: {exc}") from exc
-        self.bot_user_id = self._sender.bot_user_id = str(auth.get("user_id", ""))
-        self.team_id = self._sender.team_id = str(auth.get("team_id", ""))
+        self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = str(auth.get("team_id", ""))
+        self._sender.identify(self.bot_user_id, self.team_id)
         self._handler = handler
         if self._settings.mode == "socket":
             try:  # fail fast on a wrong app token instead of retrying forever inside connect()
@@ -259,15 +260,9 @@ class SlackAdapter:
         text = to_plain(str(event.get("text", "")), self.bot_user_id)
         if text.lower().lstrip("/") in WORD_COMMANDS:
             text = "/" + text.lower().lstrip("/")
-        self._remember_asker(key, user, str(event["ts"]))
+        self._sender.note_question(key, user, str(event["ts"]))
         msg = IncomingMessage(key=key, user_id=user, text=text, message_id=str(event["ts"]), **kw)
         self._dispatch(msg)
-
-    def _remember_asker(self, key: ConversationKey, user: str, ts: str) -> None:
-        for known, value in ((self._sender.recipients, user), (self._sender.asked, ts)):
-            known[(key.channel, key.thread)] = value
-            if len(known) > 10_000:
-                del known[next(iter(known))]
 
     def _spawn(self, coro: Any) -> None:
         async def run() -> None:
@@ -298,7 +293,7 @@ class SlackAdapter:
         thread = str(event.get("thread_ts") or event["ts"])
         self._threads.add((channel, thread))
         key = ConversationKey("slack", self._team(body, event), channel, thread)
-        self._question(key, event, mentions_bot=True)
+        self._question(key, event)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("subtype") not in _HANDLED_SUBTYPES or self._from_bot(event):
@@ -311,7 +306,7 @@ class SlackAdapter:
         mentioned = mentions(text, self.bot_user_id)
         if event.get("channel_type") == "im":
             key = ConversationKey("slack", team, channel, str(event.get("thread_ts") or ""))
-            self._question(key, event, is_direct=True, mentions_bot=mentioned)
+            self._question(key, event, is_direct=True)
             return
         thread = str(event.get("thread_ts") or "")
         if mentioned or not thread or not self._settings.answer_thread_followups:
@@ -353,8 +348,6 @@ class SlackAdapter:
             user_id=str(command.get("user_id", "")),
             text=text,
             is_direct=direct,
-            mentions_bot=True,
-            user_name=str(command.get("user_name", "")),
         )
 
         async def run() -> None:

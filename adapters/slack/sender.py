@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 THINKING = "is thinking…"
 STREAM_APPENDS_PER_MINUTE = 100  # chat.appendStream is Tier 4 (100+ a minute)
 KNOWN = 10_000  # timestamps of messages we posted, remembered to tell them from lost posts
+MEMORY = 10_000  # conversations whose asker and last question are remembered
 
 
 class SlackRefused(Refused):
@@ -116,10 +117,22 @@ class SlackSender:
         self._known: OrderedDict[str, None] = OrderedDict()  # ts of messages we posted
         self._status_works = True
         self._native = settings.native_streaming
-        self.recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
-        self.asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
-        self.team_id = ""
-        self.bot_user_id = ""
+        self._recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
+        self._asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
+        self._team_id = ""
+        self._bot_user_id = ""
+
+    def identify(self, bot_user_id: str, team_id: str) -> None:
+        """Who the bot is (from auth.test): its posts are told from others' by this id."""
+        self._bot_user_id, self._team_id = bot_user_id, team_id
+
+    def note_question(self, key: ConversationKey, user: str, ts: str) -> None:
+        """A question arrived: a native stream in its thread goes to `user`, and a lost post
+        in reply to it is looked for after `ts`. Bounded: the oldest are forgotten."""
+        for known, value in ((self._recipients, user), (self._asked, ts)):
+            known[(key.channel, key.thread)] = value
+            if len(known) > MEMORY:
+                del known[next(iter(known))]
 
     # -- budgets -------------------------------------------------------------------------
 
@@ -183,7 +196,7 @@ class SlackSender:
     def _note_unsure(
         self, key: ConversationKey, exc: PlatformError, text: str, after: str, *, stream: bool
     ) -> None:
-        if _unclear(exc) and after and self.bot_user_id:
+        if _unclear(exc) and after and self._bot_user_id:
             self._unsure.setdefault(key, _Unsure(after)).texts[text] = stream
 
     async def _adopt_lost_post(self, key: ConversationKey) -> str:
@@ -209,7 +222,7 @@ class SlackSender:
         for message in data.get("messages") or []:
             ts, text = str(message.get("ts", "")), message.get("text")
             if (
-                message.get("user") == self.bot_user_id
+                message.get("user") == self._bot_user_id
                 and text in unsure.texts
                 and ts != unsure.after
                 and ts not in self._known
@@ -222,7 +235,7 @@ class SlackSender:
 
     async def _start_stream(self, key: ConversationKey, text: str, after: str) -> str | None:
         """A native stream in the thread, or None where Slack does not offer one to us."""
-        user = self.recipients.get((key.channel, key.thread), "")
+        user = self._recipients.get((key.channel, key.thread), "")
         if not (self._native and key.thread and user):
             return None
         try:
@@ -232,7 +245,7 @@ class SlackSender:
                 thread_ts=key.thread,
                 markdown_text=text,
                 recipient_user_id=user,
-                recipient_team_id=key.workspace or self.team_id,
+                recipient_team_id=key.workspace or self._team_id,
             )
         except SlackRefused as exc:
             log.info("native streaming unavailable (%s); using chat.update", exc.error)
@@ -257,7 +270,7 @@ class SlackSender:
         self, key: ConversationKey, text: str, *, final: bool, after: str = ""
     ) -> MessageRef:
         """Post `text`; `after` is the ts of the question it answers (see _adopt_lost_post)."""
-        after = after or self.asked.get((key.channel, key.thread), "")
+        after = after or self._asked.get((key.channel, key.thread), "")
         body = _render(text) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
@@ -359,7 +372,7 @@ class SlackSender:
             except SlackRefused as exc:
                 log.info("thinking status unavailable (%s); posting a placeholder", exc.error)
                 self._status_works = False
-        after = self.asked.get((key.channel, key.thread), "")
+        after = self._asked.get((key.channel, key.thread), "")
         posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_", after))
         posting.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._placeholders[key] = posting

@@ -169,7 +169,7 @@ class TelegramAdapter:
 
         def menu(admin: bool) -> list[BotCommand]:
             return [
-                BotCommand(spec.name.replace("-", ""), spec.summary)
+                BotCommand(spec.name.replace("-", ""), spec.summary_for(PLATFORM))
                 for spec in COMMANDS.values()
                 if admin or not spec.admin
             ]
@@ -237,14 +237,11 @@ class TelegramAdapter:
 
     @staticmethod
     def _incoming(message: Any, route: Route, user_id: int) -> IncomingMessage:
-        user = message.from_user
         return IncomingMessage(
             key=route.key,
             user_id=str(user_id),
             text=route.text,
             is_direct=route.is_direct,
-            mentions_bot=route.mentions_bot,
-            user_name=(user.username or user.full_name) if user is not None else "",
             message_id=str(message.message_id),
         )
 

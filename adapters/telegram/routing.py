@@ -60,7 +60,6 @@ class Route:
     key: ConversationKey
     text: str
     is_direct: bool
-    mentions_bot: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class Router:
         if direct:
             if command is None:
                 command = self._strip_mentions(message, self._strip_prefix(text))
-            return Route(self._direct_key(message), command.strip(), True, False)
+            return Route(self._direct_key(message), command.strip(), True)
         return self._group(message, text, command)
 
     def _direct_key(self, message: Message) -> ConversationKey:
@@ -189,7 +188,7 @@ class Router:
             self._latest.put((chat_id, user_id), thread)
             body = self._strip_mentions(message, self._strip_prefix(text))
         key = ConversationKey(PLATFORM, "", str(chat_id), thread)
-        return Route(key, body.strip(), False, mentioned or to_bot or prefixed)
+        return Route(key, body.strip(), False)
 
     # -- text --------------------------------------------------------------------------
 

@@ -75,7 +75,6 @@ class WebChatAdapter:
             user_id=key.channel,
             text=text,
             is_direct=True,
-            mentions_bot=True,
             message_id=message_id,
         )
         self.state.ask(key, message_id, text)
