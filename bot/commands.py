@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bot.text import plural
 from bot.types import CommandSyntax, IncomingMessage
 from llm.base import Engine
 from storage.base import Repository, Scope
@@ -83,7 +84,11 @@ async def _help(ctx: CommandContext) -> str:
 
 async def _reset(ctx: CommandContext) -> str:
     removed = await ctx.core.repo.reset(ctx.msg.key)
-    return f"Done — I've forgotten this thread ({removed} earlier questions)."
+    return plural(
+        removed,
+        "Done — I've forgotten this thread ({n} earlier question).",
+        "Done — I've forgotten this thread ({n} earlier questions).",
+    )
 
 
 async def _stop(ctx: CommandContext) -> str:
@@ -94,14 +99,20 @@ async def _stop(ctx: CommandContext) -> str:
 
 async def _reset_all(ctx: CommandContext) -> str:
     key = ctx.msg.key
-    scope = (
-        Scope(key.platform, workspace=key.workspace)
-        if key.workspace
-        else Scope(key.platform, workspace=key.workspace, channel=key.channel)
-    )
+    if key.workspace:
+        removed = await ctx.core.repo.reset_scope(Scope(key.platform, workspace=key.workspace))
+        return plural(
+            removed,
+            "Done — I've forgotten the {n} conversation in this workspace.",
+            "Done — I've forgotten all {n} conversations in this workspace.",
+        )
+    scope = Scope(key.platform, workspace=key.workspace, channel=key.channel)
     removed = await ctx.core.repo.reset_scope(scope)
-    where = "this workspace" if key.workspace else "this chat"
-    return f"Done — I've forgotten all {removed} conversations in {where}."
+    return plural(
+        removed,
+        "Done — I've forgotten the {n} conversation in this chat.",
+        "Done — I've forgotten all {n} conversations in this chat.",
+    )
 
 
 async def _stats(ctx: CommandContext) -> str:
@@ -130,7 +141,12 @@ async def _forget(ctx: CommandContext) -> str:
     if user is None:
         return "Usage: {usage} (or a user id).".format(usage=ctx.syntax.usage(COMMANDS["forget"]))
     removed = await ctx.core.repo.forget_user(ctx.msg.key.platform, user)
-    return f"Done — I've deleted {removed} questions from {user}."
+    return plural(
+        removed,
+        "Done — I've deleted {n} question from {user}.",
+        "Done — I've deleted {n} questions from {user}.",
+        user=user,
+    )
 
 
 COMMANDS: dict[str, CommandSpec] = {

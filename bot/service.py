@@ -22,7 +22,7 @@ from bot.flusher import DeliveryFailed, StreamFlusher
 from bot.metrics import Metrics
 from bot.prompt import build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
-from bot.text import clean_text
+from bot.text import clean_text, plural
 from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress
 from llm.base import Engine, EngineBusy, EngineError, GenerationRequest, RequestStats
 from storage.base import Repository, Turn, TurnStatus
@@ -157,12 +157,15 @@ class ConversationService:
         wait = self._rate.check(msg.key.platform, msg.user_id)
         if wait:
             self.metrics.inc("edgeqa_rate_limited_total", platform=msg.key.platform)
-            await self._reply(
-                adapter,
-                msg,
-                f"You're asking faster than I can answer — please wait {wait:.0f} s "
-                f"(limit: {self._settings.bot.rate_limit_per_minute} questions a minute).",
+            text = plural(
+                self._settings.bot.rate_limit_per_minute,
+                "You're asking faster than I can answer — please wait {wait:.0f} s "
+                "(limit: {n} question a minute).",
+                "You're asking faster than I can answer — please wait {wait:.0f} s "
+                "(limit: {n} questions a minute).",
+                wait=wait,
             )
+            await self._reply(adapter, msg, text)
             return
         self.metrics.inc("edgeqa_questions_total", platform=msg.key.platform)
         thread = self._threads.setdefault(msg.key, _Thread())

@@ -180,6 +180,47 @@ async def test_slash_commands_and_refusals(bot: Start, ws: SlackWorkspace) -> No
         assert await answers(app, thread) == []
 
 
+async def test_texts_name_commands_the_slack_way_and_count_right(
+    bot: Start, ws: SlackWorkspace
+) -> None:
+    """Slack keeps "/help" and "/reset" for itself: help and refusals name "/edgeqa help"
+    and, for what acts on a thread, "@edgeqa reset"; counts of one are singular."""
+    async with bot() as app:
+        _, rid = await ws.slash("help", user=ADMIN)
+        lines = (await ws.ephemeral(rid))["text"].splitlines()
+        usages = [line.split(" — ")[0] for line in lines[1:]]
+        assert usages == [
+            "/edgeqa help",
+            "@edgeqa reset",
+            "@edgeqa stop",
+            "/edgeqa reset-all",
+            "/edgeqa stats",
+            "/edgeqa forget @user",
+        ]
+        assert "forget every conversation in this workspace (admins)" in lines[4]
+        _, rid = await ws.slash("dance")
+        assert (await ws.ephemeral(rid))["text"] == (
+            "I don't know the command /edgeqa dance. Try /edgeqa help."
+        )
+        _, rid = await ws.slash("stats")
+        assert (await ws.ephemeral(rid))["text"] == "Sorry, /edgeqa stats is for admins only."
+        _, rid = await ws.slash("forget", user=ADMIN)
+        assert (await ws.ephemeral(rid))["text"].startswith("Usage: /edgeqa forget @user")
+        # In a thread, the help said by mention names the same commands.
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> one question")
+        thread = key(ws, CHANNEL, asked.ts)
+        await stored(app, thread)
+        await ws.say(CHANNEL, f"<@{ws.bot}> help", thread_ts=asked.ts)
+        await eventually(lambda: len(thread_texts(ws, CHANNEL, asked.ts)) == 2)
+        assert "@edgeqa reset — " in thread_texts(ws, CHANNEL, asked.ts)[1]
+        assert "\n/reset" not in "\n" + thread_texts(ws, CHANNEL, asked.ts)[1]
+        await ws.say(CHANNEL, f"<@{ws.bot}> reset", thread_ts=asked.ts)
+        await eventually(lambda: len(thread_texts(ws, CHANNEL, asked.ts)) == 3)
+        assert thread_texts(ws, CHANNEL, asked.ts)[2] == (
+            "Done — I've forgotten this thread (1 earlier question)."
+        )
+
+
 async def test_bot_messages_are_ignored(bot: Start, ws: SlackWorkspace) -> None:
     async with bot() as app:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> hi")

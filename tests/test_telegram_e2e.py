@@ -224,7 +224,7 @@ async def test_commands_and_admin_refusals(fake, bot) -> None:
         await stored(app, key_of(GROUP, str(q2)))
         fake.user_says(admin_dm, users["admin"], "/forget @alice")
         await fake.wait_for(lambda: len(fake.bot_messages(ADMIN)) == 2)
-        assert fake.bot_messages(ADMIN)[1].text.endswith(f"1 questions from {ALICE}.")
+        assert fake.bot_messages(ADMIN)[1].text.endswith(f"1 question from {ALICE}.")
         assert await answers(app, key_of(GROUP, str(q2))) == []
         fake.user_says(admin_dm, users["admin"], "/start")
         await fake.wait_for(lambda: len(fake.bot_messages(ADMIN)) == 3)

@@ -32,7 +32,7 @@ from adapters.base import StartError as BaseStartError
 from adapters.slack.render import mentions, to_mrkdwn, to_plain
 from adapters.slack.sender import SlackSender
 from bot.config import Settings
-from bot.types import ConversationKey, IncomingMessage, MessageRef
+from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class SlackAdapter:
         self._seen = _Recent(10_000)  # (channel, ts) of messages already taken
         self._threads = _Recent(10_000)  # (channel, thread_ts) the bot takes part in
         self.bot_user_id = ""
+        self._bot_name = "edgeqa"  # as auth.test names it once started
         self.team_id = ""
         self._verifier = (
             SignatureVerifier(secret.get_secret_value())
@@ -145,6 +146,13 @@ class SlackAdapter:
             else None
         )
         self._replays = _Replays()
+
+    @property
+    def command_syntax(self) -> CommandSyntax:
+        """Slack keeps "/help", "/reset" for itself: commands are "/edgeqa help" (the app's
+        slash command), or "@edgeqa reset" in the thread they are about (slash commands
+        cannot be used in threads)."""
+        return CommandSyntax(chat=f"{self._settings.command} ", thread=f"@{self._bot_name} ")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -156,6 +164,7 @@ class SlackAdapter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StartError(f"slack API unreachable: {type(exc).__name__}: {exc}") from exc
         self.bot_user_id = str(auth.get("user_id", ""))
+        self._bot_name = str(auth.get("user") or self._bot_name)
         self.team_id = str(auth.get("team_id", ""))
         self._sender.identify(self.bot_user_id, self.team_id)
         self._handler = handler
