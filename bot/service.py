@@ -20,7 +20,7 @@ from bot.commands import Activity, Command, CommandContext, execute, parse_comma
 from bot.config import Settings
 from bot.flusher import DeliveryFailed, StreamFlusher
 from bot.metrics import Metrics
-from bot.prompt import build_prompt, cut_middle
+from bot.prompt import Prompt, build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
 from bot.text import clean_text, plural
 from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STOPPED_MARK = "\n\n⏹ _(stopped)_"
 INTERRUPTED_MARK = "\n\n⚠️ _(cut short: the bot is restarting)_"
 ERROR_MARK = "\n\n⚠️ _(something went wrong while answering; please ask again)_"
+LENGTH_MARK = "\n\n… _(answer cut at the length limit)_"
 RESTARTING = "I'm restarting — please ask again in a minute."
 UNDELIVERED = "⚠️ I couldn't deliver my whole answer here. Please ask again."
 CUT_NOTE = "_(Your message was too long for me, so I read only its beginning and end.)_\n\n"
@@ -49,6 +50,7 @@ class _Generation:
     parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     end: TurnStatus | None = None  # set when stopped or interrupted from outside
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)  # its final text is out
 
     def halt(self, status: TurnStatus) -> bool:
         if self.task is None or self.task.done():
@@ -214,10 +216,25 @@ class ConversationService:
         )
         if prompt.question_cut or too_long:
             flusher.feed(CUT_NOTE)
-        request = GenerationRequest(prompt.messages, conversation_id=str(msg.key))
 
         generation = _Generation()
         thread.current = generation
+        try:
+            await self._run(flusher, msg, text, prompt, generation, thread, received)
+        finally:
+            generation.delivered.set()
+
+    async def _run(
+        self,
+        flusher: StreamFlusher,
+        msg: IncomingMessage,
+        text: str,
+        prompt: Prompt,
+        generation: _Generation,
+        thread: _Thread,
+        received: float,
+    ) -> None:
+        request = GenerationRequest(prompt.messages, conversation_id=str(msg.key))
         flusher.start_typing()
         generation.task = asyncio.create_task(self._generate(request, flusher, generation))
         status: TurnStatus = "complete"
@@ -244,6 +261,8 @@ class ConversationService:
         if generation.end is not None:
             status = generation.end
             mark = STOPPED_MARK if status == "stopped" else INTERRUPTED_MARK
+        elif stats is not None and stats.finish_reason == "length":
+            mark = LENGTH_MARK
         if generation.first_token_at is not None:
             self.metrics.observe_ttft(generation.first_token_at - received)
         if stats is not None:
@@ -254,6 +273,8 @@ class ConversationService:
         shown = flusher.text + mark
         if not answer and status == "complete":
             shown += "_(I have no answer to that.)_"
+        if not answer and status == "interrupted":
+            shown = RESTARTING  # no words yet: say what to do, as the queued ones are told
         await self._finish(flusher, shown if answer else shown.lstrip())
         if status != "error" and answer:
             await self._repo.append_turn(
@@ -359,7 +380,16 @@ class ConversationService:
 
     async def stop_answer(self, msg: IncomingMessage) -> bool:
         thread = self._threads.get(msg.key)
-        return bool(thread is not None and thread.current and thread.current.halt("stopped"))
+        generation = thread.current if thread is not None else None
+        if generation is None or not generation.halt("stopped"):
+            return False
+        # The reply to /stop goes below the answer it stopped: where the answer only becomes
+        # a message when final (a Telegram draft), replying at once would put it above.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                generation.delivered.wait(), self._settings.bot.delivery_timeout + 10.0
+            )
+        return True
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from bot.app import App
-from bot.service import STOPPED_MARK
+from bot.service import LENGTH_MARK, RESTARTING, STOPPED_MARK
 from bot.types import ConversationKey, IncomingMessage
 from tests.doubles import RecordingAdapter, ScriptedEngine
 from tests.harness import eventually, running_app, test_settings
@@ -281,3 +281,51 @@ async def test_a_platform_down_past_the_bound_loses_nothing_stored(tmp_path: Pat
             ANSWER,
             "and now?",
         ]
+
+
+async def test_the_reply_to_stop_comes_after_the_answer_it_stopped(tmp_path: Path) -> None:
+    """Where an answer becomes a message only when final (a Telegram draft), "Stopped." sent
+    at once would sit above it: it is sent once the stopped answer's final text is out."""
+    chat = RecordingAdapter(name="web")
+    engine = ScriptedEngine(ANSWER, token_delay=0.05)
+    async with running_app(test_settings(tmp_path), [chat], engine=engine) as app:
+        answering = asyncio.create_task(app.service.handle(ask("tell me")))
+        await eventually(lambda: chat.writes("send"))
+        await app.service.handle(ask("/stop"))
+        await answering
+    writes = chat.writes()
+    stopped = next(i for i, op in enumerate(writes) if op.text == "Stopped.")
+    answer_final = next(i for i, op in enumerate(writes) if op.text.endswith(STOPPED_MARK))
+    assert answer_final < stopped
+
+
+async def test_shutdown_before_the_first_words_says_to_ask_again(tmp_path: Path) -> None:
+    chat = RecordingAdapter(name="web")
+    engine = ScriptedEngine(ANSWER, token_delay=60)  # no word before the shutdown
+    app = App(test_settings(tmp_path), engine=engine, adapters=[chat])
+    await app.start()
+    answering = asyncio.create_task(app.service.handle(ask("slow one")))
+    await eventually(lambda: engine.requests)
+    await app.service.shutdown(grace=0.1)
+    await answering
+    await app.stop(grace=0)
+    assert chat.messages() == [RESTARTING]
+
+
+async def test_an_answer_cut_at_max_tokens_is_marked(
+    tmp_path: Path, tiny_model_path: Path, tiny_script_model_path: Path, tiny_script: str
+) -> None:
+    """The tiny model always writes max_tokens tokens; the scripted one ends its turn."""
+    for model, cut in ((tiny_model_path, True), (tiny_script_model_path, False)):
+        chat = RecordingAdapter(name="web")
+        (tmp_path / model.stem).mkdir()
+        settings = test_settings(tmp_path / model.stem, model, EDGEQA_ENGINE__MAX_TOKENS="40")
+        async with running_app(settings, [chat]) as app:
+            await app.service.handle(ask("go on"))
+            [(_, answer, status)] = await turns(app)
+        [shown] = chat.messages()
+        assert status == "complete"
+        if cut:
+            assert shown == answer + LENGTH_MARK
+        else:
+            assert answer == tiny_script and shown == answer
