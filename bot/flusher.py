@@ -2,10 +2,13 @@
 
 Chat platforms limit how often a message may be edited, so the answer cannot follow every
 token. The flusher keeps the latest text and pushes it on the adapter's cadence: the first
-text goes out at once, then at most one edit per interval, never an unchanged text. Past the
-platform's length limit the current message is finished and the answer continues in a new
-one. Intermediate edits are disposable (on a 429 they are skipped until the pause is over);
-the final text is not: it is retried until delivered or until `give_up_after` has passed.
+text goes out once it has a few words (or after one interval: a message reading "Al" or a
+lone quote until the next edit is worse than a moment more of "typing"), then at most one
+edit per interval, never an unchanged text. Past the platform's length limit the current
+message is finished and the answer continues in a new one. Intermediate edits are
+disposable (on a 429 they are skipped until the pause is over, after failures for longer
+each time); the final text is not: it is retried until delivered or until `give_up_after`
+has passed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ T = TypeVar("T")
 TYPING_EVERY = 4.0  # Telegram's typing action lasts ~5 s; Slack's status until replaced.
 THINKING = "💭 Thinking…"
 MIN_PIECE = 64  # never split messages smaller than this, however small the limit gets
+FIRST_WORDS = 3  # the first text goes out once it has this many whole words...
+FIRST_CHARS = 12  # ...or this many characters (scripts without spaces: Chinese, Japanese)
+MAX_STREAM_BACKOFF = 30.0  # seconds between streaming updates while the platform fails
 
 
 class DeliveryFailed(Exception):
@@ -94,6 +100,9 @@ class StreamFlusher:
         self._frozen = 0  # offset in _text where the live message starts
         self._messages: list[_Message] = []
         self._next_edit_at = 0.0
+        self._first_text_at: float | None = None
+        self._text_shown = False  # some of the answer's own text (not a status) is out
+        self._failures = 0  # streaming updates failed in a row (PlatformError)
         self._progress = Progress()
         self._progress_sent = Progress()
         self._wake = asyncio.Event()
@@ -124,6 +133,8 @@ class StreamFlusher:
 
     def feed(self, text: str) -> None:
         if text:
+            if self._first_text_at is None:
+                self._first_text_at = self._clock()
             self._text += text
             self._stop_typing()
             self._wake.set()
@@ -200,12 +211,27 @@ class StreamFlusher:
                 log.debug("typing indicator failed: %s", exc)
             await asyncio.sleep(TYPING_EVERY)
 
+    def _hold(self) -> float:
+        """Seconds to keep a too-short first text back (more words may come meanwhile)."""
+        if self._text_shown or self._first_text_at is None or _enough(self._text):
+            return 0.0
+        interval = self._adapter.edit_interval(self._key)
+        return self._first_text_at + interval - self._clock()
+
     async def _pump(self) -> None:
+        held = False
         while not self._finishing.is_set():
-            await self._wake.wait()
+            if not held:
+                await self._wake.wait()
             self._wake.clear()
             if self._finishing.is_set():
                 return
+            hold = self._hold()
+            held = hold > 0
+            if held:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), hold)  # more text, or finish()
+                continue
             delay = self._next_edit_at - self._clock()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -237,6 +263,8 @@ class StreamFlusher:
                 await self._show(live, final=final, deadline=deadline) is _Outcome.RESPLIT
             ):
                 continue
+            if self._text:
+                self._text_shown = True
             break
         if isinstance(self._adapter, ShowsProgress) and self._progress != self._progress_sent:
             self._progress_sent = self._progress
@@ -283,6 +311,7 @@ class StreamFlusher:
             return _Outcome.RESPLIT
         message.shown = text
         message.final = final
+        self._failures = 0
         if self._on_edit is not None:
             self._on_edit()
         self._next_edit_at = self._clock() + self._adapter.edit_interval(self._key)
@@ -303,10 +332,26 @@ class StreamFlusher:
                 raise
             except PlatformError as exc:
                 if deadline is None:
-                    raise RateLimited(backoff, f"platform error: {exc}") from exc
+                    # Disposable: skip it, and wait longer after each failure in a row.
+                    self._failures += 1
+                    pause = min(0.5 * 2 ** (self._failures - 1), MAX_STREAM_BACKOFF)
+                    if self._failures == 1:
+                        log.warning(
+                            "streaming to %s failed (%s); backing off from %.1fs",
+                            self._key,
+                            exc,
+                            pause,
+                        )
+                    raise RateLimited(pause, f"platform error: {exc}") from exc
                 wait = backoff
                 backoff = min(backoff * 2, 10.0)
                 log.warning("delivery to %s failed (%s); retrying in %.1fs", self._key, exc, wait)
             if self._clock() + wait > deadline:
                 raise DeliveryFailed(f"gave up delivering to {self._key}")
             await asyncio.sleep(wait)
+
+
+def _enough(text: str) -> bool:
+    """Is `text` worth showing as the start of an answer (a few whole words)?"""
+    whole = len(text.split()) - (0 if text[-1:].isspace() else 1)
+    return whole >= FIRST_WORDS or len(text.strip()) >= FIRST_CHARS

@@ -12,6 +12,7 @@ from adapters.base import AdapterLimits, PlatformError, RateLimited, Refused
 from bot.flusher import DeliveryFailed, StreamFlusher, split_point
 from bot.types import ConversationKey
 from tests.doubles import RecordingAdapter
+from tests.harness import eventually
 
 KEY = ConversationKey("test", "", "chat", "thread")
 
@@ -180,3 +181,45 @@ async def test_a_chat_that_refuses_for_good_is_not_retried() -> None:
     with pytest.raises(DeliveryFailed):
         await flusher.finish("hello")
     assert len(chat.refused) == 1  # one try, not 60 s of retries
+
+
+async def test_the_first_text_waits_for_a_few_words() -> None:
+    """Not "Al" or a lone quote for the seconds until the next edit."""
+    for pieces in (
+        ['"', "Al", "ice ", "is ", "here ", "today ", "and ", "more."],
+        list("巴黎是法国的首都，也是最大的城市。"),
+    ):
+        chat = adapter(interval=1.0)
+        flusher = StreamFlusher(chat, KEY)
+        await stream(flusher, pieces, 0.03)
+        await flusher.finish("".join(pieces))
+        first = chat.writes()[0].text
+        assert len(first.split()) >= 4 or len(first) >= 12, first
+        assert chat.messages() == ["".join(pieces)]
+
+
+async def test_a_short_first_text_still_goes_out_after_one_interval() -> None:
+    chat = adapter(interval=0.1)
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("Hm")
+    await eventually(lambda: chat.writes())
+    assert chat.writes()[0].text == "Hm"
+    await flusher.finish("Hm")
+
+
+async def test_failing_streaming_updates_back_off(caplog: pytest.LogCaptureFixture) -> None:
+    chat = adapter(interval=0.02)
+    flusher = StreamFlusher(chat, KEY)
+    flusher.start()
+    flusher.feed("one two three four ")
+    await eventually(lambda: chat.writes())
+    chat.fail("edit", *[PlatformError("502 Bad Gateway")] * 100)
+    await stream(flusher, words(200), 0.0125)  # ~2.5 s of tokens
+    chat.faults.clear()
+    await flusher.finish("one two three four " + "".join(words(200)))
+    tries = [at for kind, at in chat.refused if kind == "edit"]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert 2 <= len(gaps) <= 4
+    assert all(later >= 1.8 * earlier for earlier, later in itertools.pairwise(gaps))
+    assert caplog.text.count("backing off") == 1
