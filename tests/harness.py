@@ -9,7 +9,8 @@ By default the engine is the real llama.cpp engine (llm.factory) on the model gi
 
 The end-to-end tests of every platform check a chat against what the bot stored:
 `await stored(app, key)` waits for the answers (they are stored once delivered), and
-`pieces(answer, limit)` cuts an answer into messages exactly where the flusher does.
+`pieces(answer, limit)` cuts an answer into messages exactly where the flusher does, and
+`as_shown(answer)` is a tiny-model answer as the chat shows it (with the length mark).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from adapters.base import Adapter
 from bot.app import App
 from bot.config import Settings, load_settings
 from bot.flusher import split_point
+from bot.service import LENGTH_MARK
 from bot.types import ConversationKey
 from llm.base import Engine
 
@@ -121,6 +123,12 @@ async def stored(app: App, key: ConversationKey, count: int = 1) -> list[str]:
             return found
         await asyncio.sleep(0.02)
     raise AssertionError(f"{key} has {len(await answers(app, key))} answers, not {count}")
+
+
+def as_shown(answer: str) -> str:
+    """What the chat shows for a stored answer of the tiny random model: it always runs to
+    max_tokens, so the answer ends with the length mark (which is not stored)."""
+    return answer + LENGTH_MARK
 
 
 def pieces(answer: str, limit: int) -> list[str]:

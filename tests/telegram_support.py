@@ -16,7 +16,7 @@ from adapters.telegram.render import render
 from bot.app import App
 from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
-from tests.harness import Start, pieces, running_app, test_settings
+from tests.harness import Start, as_shown, pieces, running_app, test_settings
 
 
 def telegram_env(fake: FakeTelegram) -> dict[str, str]:
@@ -42,8 +42,9 @@ def bot_starter(tmp_path: Path, model: Path, fake: FakeTelegram, **defaults: str
 
 
 def assert_shows(messages: list[Sent], answer: str, limit: int) -> None:
-    """The chat's messages are the answer, piece by piece, each rendered for Telegram."""
-    expected = pieces(answer, limit)
+    """The chat's messages are the (tiny model's) answer, piece by piece, each rendered for
+    Telegram."""
+    expected = pieces(as_shown(answer), limit)
     assert len(messages) == len(expected)
     for message, piece in zip(messages, expected, strict=True):
         if message.html is not None:

@@ -26,7 +26,7 @@ from bot.config import Settings, SlackSettings
 from bot.flusher import StreamFlusher
 from bot.types import ConversationKey, IncomingMessage
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
-from tests.harness import Start, pieces, running_app, test_settings
+from tests.harness import Start, as_shown, pieces, running_app, test_settings
 
 PROXY_VARIABLES = (
     "HTTP_PROXY",
@@ -183,7 +183,9 @@ def bot_starter(tmp_path: Path, model: Path, ws: SlackWorkspace, **defaults: str
     return start
 
 
-def expected_messages(answer: str, limit: int) -> list[str]:
-    """The answer as the flusher cuts it and the adapter renders each finished piece."""
-    shown = [piece if piece.strip() else "…" for piece in pieces(answer, limit)]
+def expected_messages(answer: str, limit: int, *, cut: bool = True) -> list[str]:
+    """The answer as the flusher cuts it and the adapter renders each piece; `cut`: it ran
+    to max_tokens (as the tiny random model's always do) and ends with the length mark."""
+    text = as_shown(answer) if cut else answer
+    shown = [piece if piece.strip() else "…" for piece in pieces(text, limit)]
     return [to_mrkdwn(piece) or escape(piece) for piece in shown]
