@@ -91,8 +91,10 @@ class Adapter(Protocol):
     async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
         """Replace a sent message's text. Must treat "not modified" as success."""
 
-    async def typing(self, key: ConversationKey) -> None:
-        """Show a typing / thinking indicator, if the platform has one (else do nothing)."""
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
+        """Show a typing / thinking indicator, if the platform has one (else do nothing).
+        `reply_to` is the question it is for: where the indicator is a message, only the
+        answer to that question takes it over."""
 
     def edit_interval(self, key: ConversationKey) -> float:
         """Seconds to wait between edits for this conversation right now (may vary with load)."""

@@ -206,7 +206,7 @@ class StreamFlusher:
     async def _typing(self) -> None:
         while True:
             try:
-                await self._adapter.typing(self._key)
+                await self._adapter.typing(self._key, reply_to=self._reply_to)
             except Exception as exc:  # a missing indicator is cosmetic
                 log.debug("typing indicator failed: %s", exc)
             await asyncio.sleep(TYPING_EVERY)

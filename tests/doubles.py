@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError
@@ -89,7 +89,7 @@ class RecordingAdapter:
         self.shown[ref.message_id] = text
         self.ops.append(Op("edit", ref.key, ref.message_id, text, final, time.monotonic()))
 
-    async def typing(self, key: ConversationKey) -> None:
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         self.ops.append(Op("typing", key, "", "", False, time.monotonic()))
 
     def edit_interval(self, key: ConversationKey) -> float:
@@ -116,15 +116,19 @@ class RecordingAdapter:
         return [op for op in self.ops if op.kind != "typing" and (kind is None or op.kind == kind)]
 
 
+Answer = str | Callable[[GenerationRequest], str]  # one answer, or one per request
+
+
 class ScriptedEngine:
-    """Streams fixed answers at a fixed pace; one request at a time like a 1-slot engine."""
+    """Streams fixed answers (or one per request) at a fixed pace; one request at a time like a
+    1-slot engine."""
 
     name = "scripted"
     context_size = 4096
 
     def __init__(
         self,
-        answer: str = "Hello there, this is a scripted answer.",
+        answer: Answer = "Hello there, this is a scripted answer.",
         *,
         token_delay: float = 0.0,
         slots: int = 1,
@@ -167,7 +171,8 @@ class ScriptedEngine:
         tokens = 0
         try:
             started = time.monotonic()
-            for piece in _pieces(self.answer):
+            answer = self.answer(request) if callable(self.answer) else self.answer
+            for piece in _pieces(answer):
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
                 tokens += 1

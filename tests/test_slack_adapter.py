@@ -352,3 +352,33 @@ async def test_wrong_tokens_fail_at_start(ws: SlackWorkspace) -> None:
     with pytest.raises(StartError, match="invalid_auth"):
         await adapter.start(ScriptedCore(adapter))
     await asyncio.sleep(0)
+
+
+async def test_a_status_refused_in_one_channel_is_still_used_in_others(
+    ws: SlackWorkspace,
+) -> None:
+    ws.api.status_errors["C0SECRET"] = "missing_scope"
+    async with running(ws, core_options={"first_token_after": 0.5}) as (_, core):
+        there = await ws.say("C0SECRET", f"<@{ws.bot}> think first")
+        placeholder = await eventually(lambda: ws.api.bot_messages("C0SECRET", there.ts))
+        assert THINKING in placeholder[0].text
+        await eventually(lambda: len(core.answered) == 1)
+        here = await ws.say(CHANNEL, f"<@{ws.bot}> and here?")
+        await eventually(lambda: ws.api.statuses.get((CHANNEL, here.ts)) == THINKING)
+        await eventually(lambda: len(core.answered) == 2)
+        [reply] = ws.api.bot_messages(CHANNEL, here.ts)
+        assert not any(THINKING in text for text in reply.texts)  # no placeholder here
+
+
+async def test_no_final_update_that_changes_nothing(ws: SlackWorkspace) -> None:
+    """chat.update is ~50 a minute for the whole workspace: a final text that renders to
+    what the message already shows is not sent again."""
+    plain = "Plain words only, nothing here to render."
+    options = {"answer": lambda _msg: plain, "step": 0.2, "chunk": 12}
+    async with running(ws, core_options=options) as (_, core):
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> say it plainly")
+        await eventually(lambda: core.answered)
+        [reply] = ws.api.bot_messages(CHANNEL, asked.ts)
+        assert reply.text == to_mrkdwn(plain) == plain
+        assert reply.texts[-1] == plain and reply.texts[-2] != plain  # shown once, not twice
+        assert ws.api.count("chat.update") == len(reply.texts) - 1

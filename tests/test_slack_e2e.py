@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from adapters.slack import SlackAdapter
 from bot.types import ConversationKey
+from llm.base import GenerationRequest
+from tests.doubles import ScriptedEngine
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import Start, answers, stored
-from tests.test_slack_support import bot_starter, eventually, expected_messages, settle, workspace
+from tests.harness import Start, answers, running_app, stored, test_settings
+from tests.test_slack_support import (
+    bot_starter,
+    eventually,
+    expected_messages,
+    settle,
+    slack_env,
+    workspace,
+)
 
 pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
 
@@ -259,3 +269,43 @@ async def test_outside_the_allow_list_is_ignored(bot: Start, ws: SlackWorkspace)
             lambda: any("in words" in m.text for m in ws.api.main_line(DM) if m.is_bot)
         )
         assert await answers(app, key(ws, DM, "")) == []
+
+
+def answer_to_text(question: str) -> str:
+    return f"Answer to {question}: one two three four five."
+
+
+def answer_to(request: GenerationRequest) -> str:
+    return answer_to_text(request.messages[-1].content)
+
+
+async def test_each_placeholder_becomes_the_answer_to_its_own_question(
+    tmp_path: Path, ws: SlackWorkspace
+) -> None:
+    """Two DMs in a row: the first one's "is thinking…" placeholder is its answer, the
+    second (queued) one gets a message below it; a reset sent in a thread while a question
+    waits there gets its own message too. The channel ends with the answers in order."""
+    settings = test_settings(tmp_path, **slack_env(ws), EDGEQA_SLACK__ADMINS=ADMIN)
+    engine = ScriptedEngine(answer_to, token_delay=0.15)  # the first words take a moment
+    async with running_app(settings, [SlackAdapter(settings)], engine=engine) as app:
+        await ws.socket.wait_connected()
+        await ws.say(DM, "first")
+        await eventually(lambda: [m for m in ws.api.main_line(DM) if m.is_bot])  # placeholder
+        await ws.say(DM, "second")
+        await stored(app, key(ws, DM, ""), 2)
+        await eventually(
+            lambda: (
+                [m.text for m in ws.api.main_line(DM) if m.is_bot]
+                == [answer_to_text("first"), answer_to_text("second")]
+            )
+        )
+        # In a channel thread where the status is refused: a placeholder message, which a
+        # reset sent while the question waits for its first words leaves alone.
+        ws.api.status_error = "missing_scope"
+        asked = await ws.say(CHANNEL, f"<@{ws.bot}> third")
+        await eventually(lambda: ws.api.bot_messages(CHANNEL, asked.ts))
+        await ws.say(CHANNEL, f"<@{ws.bot}> reset", thread_ts=asked.ts)
+        reset = "Done — I've forgotten this thread (0 earlier questions)."
+        await eventually(
+            lambda: thread_texts(ws, CHANNEL, asked.ts) == [answer_to_text("third"), reset]
+        )

@@ -236,8 +236,8 @@ class SlackAdapter:
     async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
         await self._sender.edit(ref, text, final=final)
 
-    async def typing(self, key: ConversationKey) -> None:
-        await self._sender.typing(key)
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
+        await self._sender.typing(key, reply_to)
 
     def edit_interval(self, key: ConversationKey) -> float:
         return self._sender.edit_interval(key)

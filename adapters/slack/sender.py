@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 THINKING = "is thinking…"
 STREAM_APPENDS_PER_MINUTE = 100  # chat.appendStream is Tier 4 (100+ a minute)
 KNOWN = 10_000  # timestamps of messages we posted, remembered to tell them from lost posts
+STATUS_RETRY = 600.0  # seconds before setStatus is tried again in a channel that refused it
 MEMORY = 10_000  # conversations whose asker and last question are remembered
 
 
@@ -91,6 +93,7 @@ class _Live:
 
     key: ConversationKey
     mode: Literal["update", "stream"]
+    body: str = ""  # update mode: the text Slack shows now (an identical update is not sent)
     appended: str = ""  # stream mode: the plain text Slack already has
     stop_first: bool = False  # an unclear stream call: stop the stream before chat.update
 
@@ -110,12 +113,13 @@ class SlackSender:
         self._edits: dict[str, EditBudget] = {}
         self._appends: dict[str, EditBudget] = {}
         self._live: dict[str, _Live] = {}
-        # "is thinking…" messages by conversation, still being posted or posted.
-        self._placeholders: dict[ConversationKey, asyncio.Future[str]] = {}
+        # "is thinking…" messages by (conversation, question ts), still being posted or
+        # posted: only the answer to that question takes one over.
+        self._placeholders: dict[tuple[ConversationKey, str], asyncio.Future[str]] = {}
         self._stopping: set[str] = set()  # adopted lost streams: stop before chat.update
-        self._unsure: dict[ConversationKey, _Unsure] = {}
+        self._unsure: dict[tuple[ConversationKey, str], _Unsure] = {}  # by question, too
         self._known: OrderedDict[str, None] = OrderedDict()  # ts of messages we posted
-        self._status_works = True
+        self._no_status: dict[str, float] = {}  # channel -> when to try setStatus again
         self._native = settings.native_streaming
         self._recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
         self._asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
@@ -197,13 +201,13 @@ class SlackSender:
         self, key: ConversationKey, exc: PlatformError, text: str, after: str, *, stream: bool
     ) -> None:
         if _unclear(exc) and after and self._bot_user_id:
-            self._unsure.setdefault(key, _Unsure(after)).texts[text] = stream
+            self._unsure.setdefault((key, after), _Unsure(after)).texts[text] = stream
 
-    async def _adopt_lost_post(self, key: ConversationKey) -> str:
+    async def _adopt_lost_post(self, key: ConversationKey, after: str) -> str:
         """After an unclear post in this conversation, read the conversation back: the ts
         of the message if Slack made it anyway (to be edited instead of posting again),
         else "". Raises PlatformError while Slack cannot tell us."""
-        unsure = self._unsure.get(key)
+        unsure = self._unsure.get((key, after))
         if unsure is None:
             return ""
         if key.thread:
@@ -218,7 +222,7 @@ class SlackSender:
             data = await self._api(
                 "conversations.history", channel=key.channel, oldest=unsure.after, limit=200
             )
-        del self._unsure[key]
+        del self._unsure[(key, after)]
         for message in data.get("messages") or []:
             ts, text = str(message.get("ts", "")), message.get("text")
             if (
@@ -274,10 +278,10 @@ class SlackSender:
         body = _render(text) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
-        posting = self._placeholders.get(key)
+        posting = self._placeholders.get((key, after))
         placeholder = await _posted(posting) if posting is not None else ""
-        if not placeholder and (placeholder := await self._adopt_lost_post(key)):
-            self._placeholders[key] = _done(placeholder)  # kept if the edit below fails
+        if not placeholder and (placeholder := await self._adopt_lost_post(key, after)):
+            self._placeholders[(key, after)] = _done(placeholder)  # kept if the edit fails
         if placeholder:
             try:
                 if placeholder in self._stopping:
@@ -286,14 +290,15 @@ class SlackSender:
                 ts = placeholder
             except SlackRefused:  # deleted meanwhile: post a new message instead
                 pass
-        self._placeholders.pop(key, None)
+        self._placeholders.pop((key, after), None)
         if not ts and not final:
             ts = await self._start_stream(key, text, after) or ""
             mode = "stream" if ts else "update"
         if not ts:
             ts = await self._post(key, body, after)
         if not final:
-            live = self._live[ts] = _Live(key, mode, text if mode == "stream" else "")
+            live = self._live[ts] = _Live(key, mode, body if mode == "update" else "")
+            live.appended = text if mode == "stream" else ""
             self._budget_for(live).open(ts)
         return MessageRef(key=key, message_id=ts, extra=(("channel", key.channel),))
 
@@ -308,7 +313,10 @@ class SlackSender:
         if live.stop_first:
             await self._stop_stream(key.channel, ref.message_id)
             live.stop_first = False
-        await self._update(key, ref.message_id, _render(text) if final else escape(text))
+        body = _render(text) if final else escape(text)
+        if body != live.body or not body:  # the same text again would cost a call for nothing
+            await self._update(key, ref.message_id, body)
+            live.body = body
         if final:
             self._finish(ref.message_id, live)
 
@@ -345,22 +353,26 @@ class SlackSender:
 
     def _to_updates(self, ts: str, live: _Live) -> None:
         self._append_budget(live.key.workspace).close(ts)
-        live.mode = "update"
+        live.mode, live.body = "update", ""
         self.edit_budget(live.key.workspace).open(ts)
 
     def _finish(self, ts: str, live: _Live) -> None:
         self._budget_for(live).close(ts)
         self._live.pop(ts, None)
 
-    async def typing(self, key: ConversationKey) -> None:
+    async def typing(self, key: ConversationKey, question: str = "") -> None:
         """assistant.threads.setStatus in a thread; elsewhere (or where Slack refuses it) a
-        placeholder message that the first text then replaces."""
-        if key in self._placeholders or any(live.key == key for live in self._live.values()):
+        placeholder message that the first text of the answer to `question` (its ts) then
+        replaces — no other message, so answers stay in the order of their questions."""
+        after = question or self._asked.get((key.channel, key.thread), "")
+        if (key, after) in self._placeholders or any(
+            live.key == key for live in self._live.values()
+        ):
             return
-        if lost := await self._adopt_lost_post(key):
-            self._placeholders[key] = _done(lost)
+        if lost := await self._adopt_lost_post(key, after):
+            self._placeholders[(key, after)] = _done(lost)
             return
-        if key.thread and self._status_works:
+        if key.thread and time.monotonic() >= self._no_status.get(key.channel, 0.0):
             try:
                 await self._api(
                     "assistant.threads.setStatus",
@@ -370,12 +382,18 @@ class SlackSender:
                 )
                 return
             except SlackRefused as exc:
-                log.info("thinking status unavailable (%s); posting a placeholder", exc.error)
-                self._status_works = False
-        after = self._asked.get((key.channel, key.thread), "")
+                # Refused here (a channel the app may not set a status in, a missing
+                # scope): placeholders in this channel for a while, then try again.
+                log.info(
+                    "thinking status refused in %s (%s); placeholders there for %.0f s",
+                    key.channel,
+                    exc.error,
+                    STATUS_RETRY,
+                )
+                self._no_status[key.channel] = time.monotonic() + STATUS_RETRY
         posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_", after))
         posting.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._placeholders[key] = posting
+        self._placeholders[(key, after)] = posting
         # Shielded: when the first words cancel the typing loop mid-call, Slack may still
         # post the placeholder, and send() must find it (and wait for it) to turn it into
         # the answer — else it would stay "is thinking…" next to the answer for good.

@@ -348,7 +348,7 @@ class TelegramAdapter:
         self._shown.put((chat_id, message_id), (text, final))
         self._wrote(key)
 
-    async def typing(self, key: ConversationKey) -> None:
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         chat_id = int(key.channel)
         if self._pause_left(chat_id):
             return

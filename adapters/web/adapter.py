@@ -112,7 +112,7 @@ class WebChatAdapter:
         self._check_length(text)
         self.state.reply(ref.key, ref.get("exchange"), ref.message_id, text, final=final)
 
-    async def typing(self, key: ConversationKey) -> None:
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         self.state.typing(key)
 
     def edit_interval(self, key: ConversationKey) -> float:

@@ -79,6 +79,7 @@ class FakeSlackApi:
         self.messages: dict[str, list[Message]] = {}
         self.statuses: dict[tuple[str, str], str] = {}
         self.status_error = ""  # e.g. "not_allowed": assistant.threads.setStatus refuses
+        self.status_errors: dict[str, str] = {}  # the same, in one channel only
         self.stream_error = ""  # e.g. "unknown_method": no native streaming
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self.faults: list[Fault] = []
@@ -344,9 +345,9 @@ class FakeSlackApi:
         return _ok(channel=message.channel, ts=message.ts, message={"text": message.text})
 
     def _m_assistant_threads_setStatus(self, params: dict[str, Any]) -> web.Response:
-        if self.status_error:
-            return _ok(False, error=self.status_error)
         channel, thread_ts = str(params.get("channel_id", "")), str(params.get("thread_ts", ""))
+        if error := self.status_errors.get(channel, self.status_error):
+            return _ok(False, error=error)
         if not channel or not thread_ts:
             return _ok(False, error="invalid_arguments")
         self.statuses[(channel, thread_ts)] = str(params.get("status", ""))
