@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.slack.render import escape, mentions, to_mrkdwn, to_plain
+from tests.fakes.slack_api import shown
 
 
 @pytest.mark.parametrize(
@@ -85,3 +86,26 @@ def test_mentions() -> None:
     assert mentions("hi <@U0BOT|edgeqa>", "U0BOT")
     assert not mentions("hi <@U0BOTX>", "U0BOT")
     assert not mentions("hi @U0BOT", "U0BOT")
+
+
+@pytest.mark.parametrize(
+    ("markdown", "seen", "styles"),
+    [
+        ("2*3*4 = 24", "2*3*4 = 24", []),  # CommonMark: emphasis; Slack: no style in a word
+        ("a_b_c and snake_case", "a_b_c and snake_case", []),
+        ("\\*not bold\\* and \\_not italic\\_", "*not bold* and _not italic_", []),
+        ("5 * 3 * 2 and ~ tilde ~", "5 * 3 * 2 and ~ tilde ~", []),
+        ("中文*强调*中文", "中文*强调*中文", []),
+        (
+            "**bold**, *it* and ~~gone~~",
+            "bold, it and gone",
+            [("bold", "bold"), ("italic", "it"), ("strike", "gone")],
+        ),
+        ("**Note:** `a*b*c`", "Note: a*b*c", [("bold", "Note:"), ("code", "a*b*c")]),
+    ],
+)
+def test_rendering_changes_style_never_the_characters_seen(
+    markdown: str, seen: str, styles: list[tuple[str, str]]
+) -> None:
+    """Read back as Slack shows it (tests/fakes/slack_api.shown)."""
+    assert shown(to_mrkdwn(markdown)) == (seen, styles)

@@ -6,6 +6,12 @@ so the final text of an answer is rendered here; text still streaming is only es
 (half-written Markdown would render wrongly anyway). In the other direction, a user's
 message arrives in mrkdwn (`<@U123>`, `&amp;`) and is turned back into plain text for the
 prompt.
+
+Rendering changes only style, never the characters a reader sees. Slack has no escape for
+its style markers and styles only whole words: `2*3*4` (emphasis inside a word to
+CommonMark) is left as written, not turned into `2_3_4` that Slack would show with its
+underscores; and a literal `*` or `_` that Slack could take for a marker (`\\*not bold\\*`)
+gets a zero-width space before it, so it is shown as typed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from markdown_it.tree import SyntaxTreeNode
 _MD = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"])
 
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
+_MARKERS = "*_~`"  # Slack's style markers
+_STYLES = {"strong": "*", "em": "_", "s": "~"}
+NOBREAK = "\u200b"  # zero-width space: keeps a literal marker from opening a style
 
 
 def escape(text: str) -> str:
@@ -106,8 +115,57 @@ def _plain(node: SyntaxTreeNode) -> str:
     return "".join(_plain(child) for child in node.children)
 
 
-def _inlines(nodes: list[SyntaxTreeNode]) -> str:
-    return "".join(_inline(node) for node in nodes)
+def _inlines(nodes: list[SyntaxTreeNode], before: str = "") -> str:
+    """Inline nodes as mrkdwn; `before` is the character written just before them."""
+    out = ""
+    for i, node in enumerate(nodes):
+        last = out[-1:] if out else before
+        if node.type == "text":
+            piece = _literal(node.content, last)
+        elif node.type in _STYLES:
+            piece = _styled(node, last, _first_char(nodes[i + 1 :]))
+        elif node.type == "inline":
+            piece = _inlines(node.children, last)
+        else:
+            piece = _inline(node)
+        out += piece
+    return out
+
+
+def _literal(text: str, before: str) -> str:
+    """Plain text, with a zero-width space before each marker Slack could read as a style
+    (one not glued to a letter or digit before it)."""
+    out = []
+    for ch in escape(text):
+        if ch in _MARKERS and not _word(before):
+            out.append(NOBREAK)
+        out.append(ch)
+        before = ch
+    return "".join(out)
+
+
+def _styled(node: SyntaxTreeNode, before: str, after: str) -> str:
+    """Bold, italic or struck text: Slack's markers where Slack styles them (at word
+    edges), else the characters as written, which Slack then shows as they are."""
+    if _word(before) or _word(after):
+        marker = node.markup
+        inner = _inlines(node.children, marker[-1:])
+        return f"{marker}{inner}{marker}"
+    marker = _STYLES[node.type]
+    return f"{marker}{_inlines(node.children, marker)}{marker}"
+
+
+def _word(ch: str) -> bool:
+    return ch.isalnum() or ch == NOBREAK
+
+
+def _first_char(nodes: list[SyntaxTreeNode]) -> str:
+    for node in nodes:
+        if node.type in ("softbreak", "hardbreak"):
+            return "\n"
+        if text := _plain(node):
+            return text[0]
+    return ""
 
 
 def _inline(node: SyntaxTreeNode) -> str:
@@ -120,12 +178,8 @@ def _inline(node: SyntaxTreeNode) -> str:
         return f"`{escape(node.content)}`"
     if kind in ("softbreak", "hardbreak"):
         return "\n"
-    if kind == "strong":
-        return f"*{_inlines(node.children)}*"
-    if kind == "em":
-        return f"_{_inlines(node.children)}_"
-    if kind == "s":
-        return f"~{_inlines(node.children)}~"
+    if kind in _STYLES:
+        return _styled(node, "", "")
     if kind == "link":
         href = str(node.attrs.get("href", ""))
         label = _inlines(node.children)

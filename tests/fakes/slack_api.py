@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -352,6 +353,39 @@ class FakeSlackApi:
             return _ok(False, error="invalid_arguments")
         self.statuses[(channel, thread_ts)] = str(params.get("status", ""))
         return _ok()
+
+
+# Slack styles a run between two markers only at word edges: the opening marker at the
+# start or after a space or an opening bracket/quote, followed by a non-space; the closing
+# one after a non-space, followed by the end, a space or punctuation. Inside a word
+# ("2_3_4") or after any other character (a zero-width space included) it stays a character.
+_STYLED = re.compile(
+    r"(?:(?<=^)|(?<=[\s(\[{\"']))([*_~`])(?=\S)(.+?)(?<=\S)\1(?=$|[\s.,;:!?)\]}\"'-])",
+    re.MULTILINE,
+)
+_STYLE_NAMES = {"*": "bold", "_": "italic", "~": "strike", "`": "code"}
+_LINKED = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
+
+
+def shown(mrkdwn: str) -> tuple[str, list[tuple[str, str]]]:
+    """What a reader sees of a message's mrkdwn `text`, the way Slack's clients render it:
+    the visible characters (markers that style something, links' URLs and zero-width spaces
+    are not seen), and the styled runs as (style, visible text)."""
+    styles: list[tuple[str, str]] = []
+
+    def style(match: re.Match[str]) -> str:
+        styles.append((_STYLE_NAMES[match.group(1)], match.group(2)))
+        return match.group(2)
+
+    text = mrkdwn
+    while True:
+        styled = _STYLED.sub(style, text)
+        if styled == text:
+            break
+        text = styled
+    text = _LINKED.sub(lambda m: m.group(2) or m.group(1), text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text.replace("\u200b", ""), styles
 
 
 def _ok(ok: bool = True, **fields: Any) -> web.Response:
