@@ -35,7 +35,7 @@ from bot.types import ConversationKey
 from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
-from tests.harness import running_app, test_settings
+from tests.harness import as_shown, running_app, test_settings
 from tests.telegram_support import telegram_env
 from tests.test_slack_support import slack_env
 
@@ -381,12 +381,13 @@ async def until(check: Callable[[], Awaitable[object]], within: float = 30.0) ->
 
 
 async def answered(app: App, driver: Driver, conv: Conv, count: int) -> list[Turn]:
-    """Wait until `count` turns are stored and the last one is shown; return the turns."""
+    """Wait until `count` turns are stored and the last one is shown (the tiny model's
+    answers, with the length mark); return the turns."""
     found: list[Turn] = []
 
     async def done() -> bool:
         found[:] = await turns(app, driver, conv)
-        return len(found) >= count and driver.last_ok(conv, found[-1].answer)
+        return len(found) >= count and driver.last_ok(conv, as_shown(found[-1].answer))
 
     assert await until(done), f"{conv}: {len(found)} turns, chat shows {driver.replies(conv)}"
     return found

@@ -131,6 +131,12 @@ def as_shown(answer: str) -> str:
     return answer + LENGTH_MARK
 
 
+def stored_form(shown: str) -> str:
+    """The answer stored for what the chat shows of a tiny-model answer (`as_shown`)."""
+    assert shown.endswith(LENGTH_MARK), shown[-80:]
+    return shown.removesuffix(LENGTH_MARK)
+
+
 def pieces(answer: str, limit: int) -> list[str]:
     """The answer cut into messages exactly where the flusher cuts it."""
     out = []

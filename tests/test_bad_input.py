@@ -44,7 +44,7 @@ from tests.chat_drivers import (
     until,
 )
 from tests.fakes.telegram_api import parse_html
-from tests.harness import running_app, test_settings
+from tests.harness import as_shown, running_app, test_settings
 from tests.test_slack_support import drop_proxies
 from tests.tiny_gguf import write_tiny_model
 
@@ -144,7 +144,7 @@ async def settle_case(app: App, driver: Driver, case: Case) -> str:
 
         async def shown() -> bool:
             stored = await turns(app, driver, conv)
-            return len(stored) == 1 and driver.final_ok(conv, note + stored[0].answer)
+            return len(stored) == 1 and driver.final_ok(conv, note + as_shown(stored[0].answer))
 
     else:
         needle = HINT if expect == "hint" else case.reply

@@ -31,7 +31,7 @@ from tests.bot_process import (
     final_text,
     stored_turns,
 )
-from tests.harness import eventually
+from tests.harness import eventually, stored_form
 
 THREAD = "thread-crash1"
 SHORT = int(BASE_ENV["EDGEQA_ENGINE__MAX_TOKENS"])
@@ -88,8 +88,8 @@ async def test_sigkill_mid_answer_loses_only_that_answer(
         assert await bot.wait_exit() == 0
     before = stored_turns(db, THREAD)
     assert summary(before) == [
-        ("What is edgeqa?", shown_first, "complete", SHORT),
-        ("And where does it keep threads?", shown_second, "complete", SHORT),
+        ("What is edgeqa?", stored_form(shown_first), "complete", SHORT),
+        ("And where does it keep threads?", stored_form(shown_second), "complete", SHORT),
     ]
 
     # 2. A long answer, killed while it streams.
@@ -145,6 +145,6 @@ async def test_sigkill_mid_answer_loses_only_that_answer(
     check_consistent(db)
     turns = stored_turns(db, THREAD)
     assert summary(turns[:2]) == summary(before)
-    assert summary(turns[-1:]) == [("What is edgeqa?", shown_again, "complete", SHORT)]
+    assert summary(turns[-1:]) == [("What is edgeqa?", stored_form(shown_again), "complete", SHORT)]
     # The same question as the first turn; its prompt now also holds the two earlier answers.
     assert turns[-1]["prompt_tokens"] >= turns[0]["prompt_tokens"] + 2 * SHORT

@@ -23,6 +23,7 @@ from tests.bot_process import (
     final_text,
     stored_turns,
 )
+from tests.harness import stored_form
 
 LONG = int(LONG_ANSWER_ENV["EDGEQA_ENGINE__MAX_TOKENS"])
 
@@ -73,7 +74,7 @@ async def test_with_a_generous_grace_the_answer_in_flight_completes(
     [turn] = stored_turns(db, "thread-long1")
     assert (turn["question"], turn["answer"], turn["status"]) == (
         "Tell me everything.",
-        answer,
+        stored_form(answer),
         "complete",
     )
     assert turn["completion_tokens"] == LONG

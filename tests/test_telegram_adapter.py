@@ -442,3 +442,13 @@ async def test_a_wrong_token_stops_start_without_showing_the_token(fake) -> None
     assert "rejected" in str(info.value)
     assert "WRONG-TOKEN" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+async def test_an_unreadable_get_me_reply_stops_start_in_one_line(fake) -> None:
+    fake.fail("getMe", "malformed")
+    adapter = TelegramAdapter(settings_for(fake))
+    with pytest.raises(PlatformError) as info:
+        await adapter.start(ScriptedCore(adapter))
+    assert "unreadable reply to getMe" in str(info.value) and "\n" not in str(info.value)
+    assert fake.token not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__

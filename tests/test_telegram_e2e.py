@@ -9,6 +9,8 @@ twice.
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,46 @@ async def test_dm_without_drafts_edits_one_message(fake, bot) -> None:
     assert all(answer.startswith(text) for text in message.history[:-1] if text != "…")
     assert_shows([message], answer, 3800)
     assert not fake.drafts
+
+
+async def test_a_server_without_drafts_gets_edits_at_once(fake, bot) -> None:
+    """404 is what Telegram answers for an unknown method, and an older self-hosted Bot API
+    server for sendMessageDraft: one try, one log line, then the answer streams by edits."""
+    users = people(fake)
+    dm = fake.private_chat(users["alice"])
+    fake.fail("sendMessageDraft", "not_found", times=1000)
+    logged = logging.handlers.BufferingHandler(10_000)
+    logger = logging.getLogger("adapters.telegram")
+    level = logger.level
+    logger.addHandler(logged)
+    logger.setLevel(logging.INFO)
+    try:
+        async with bot(EDGEQA_ENGINE__MAX_TOKENS="200") as app:
+            fake.user_says(dm, users["alice"], "Tell me about llamas")
+            (answer,) = await stored(app, key_of(ALICE))
+    finally:
+        logger.removeHandler(logged)
+        logger.setLevel(level)
+    lines = [record.getMessage() for record in logged.buffer]
+    assert len(fake.method_calls("sendMessageDraft")) == 1
+    (message,) = fake.bot_messages(ALICE)
+    assert len(message.history) >= 2  # the first text, edits, the final one
+    assert_shows([message], answer, 3800)
+    assert sum("drafts refused" in line for line in lines) == 1
+    assert not [line for line in lines if "may not write" in line]
+
+
+async def test_an_unreadable_reply_to_the_answer_still_stores_it(fake, bot) -> None:
+    """Telegram (or a proxy) sent the answer but a reply PTB cannot read (a malformed date):
+    it is not sent again, the user gets no apology, and the turn is stored."""
+    users = people(fake)
+    dm = fake.private_chat(users["alice"])
+    fake.fail("sendMessage", "malformed_date", chat_id=ALICE)
+    async with bot() as app:
+        fake.user_says(dm, users["alice"], "Tell me about llamas")
+        (answer,) = await stored(app, key_of(ALICE))
+        assert app.metrics.get("edgeqa_delivery_failures_total") == 0
+    assert_shows(fake.bot_messages(ALICE), answer, 3800)
 
 
 async def test_long_answer_continues_in_new_messages_with_nothing_lost(fake, bot) -> None:

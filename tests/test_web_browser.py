@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from adapters.web import WebChatAdapter
 from bot.types import ConversationKey
-from tests.harness import running_app, test_settings
+from tests.harness import as_shown, running_app, test_settings
 from tests.test_web_support import STEPS, ScriptedCore, web_server, web_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -304,7 +304,7 @@ async def test_end_to_end_through_the_real_core_and_llama_cpp(
         rendered = await page.evaluate(
             "(t) => { const d = document.createElement('div');"
             " window.renderMarkdown(d, t); return d.textContent; }",
-            turn.answer,
+            as_shown(turn.answer),
         )
         await expect(page.locator(".msg.bot")).to_have_text(rendered)
 

@@ -11,6 +11,7 @@ parse error falls back to plain text, and network trouble / 5xx become PlatformE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -28,6 +29,7 @@ from telegram.error import (
     ChatMigrated,
     Forbidden,
     InvalidToken,
+    NetworkError,
     RetryAfter,
     TelegramError,
 )
@@ -65,6 +67,13 @@ ACTIVE_FOR = 10.0  # seconds a group conversation counts as streaming after its 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]  # edits, channel posts, reactions... never reach us
 TEXT_ONLY = "I can only read text messages — please type your question."
+
+
+UNKNOWN_MESSAGE = 0  # a message sent whose reply (and so its id) could not be read
+
+
+class Unreadable(PlatformError):
+    """Telegram carried out the call but its reply could not be read: not to be repeated."""
 
 
 def _too_long(text: str) -> bool:
@@ -119,7 +128,7 @@ class TelegramAdapter:
         self._handler = handler
         try:
             await self._app.initialize()  # getMe: who we are, so mentions can be recognised
-        except TelegramError as exc:
+        except Exception as exc:
             await self._app.bot.shutdown()
             if isinstance(exc, InvalidToken):  # PTB's message quotes the token: keep it out
                 raise PlatformError(
@@ -128,6 +137,8 @@ class TelegramAdapter:
                 ) from None
             token = self._settings.telegram_token
             detail = str(exc).replace(token.get_secret_value(), "***") if token else str(exc)
+            if not isinstance(exc, TelegramError):  # a reply PTB could not read
+                detail = f"unreadable reply to getMe ({type(exc).__name__}: {detail})"
             raise PlatformError(f"cannot reach the Telegram Bot API: {detail}") from None
         bot = self._app.bot
         self._router = Router(bot.id, bot.username, self._tg.trigger_prefix)
@@ -337,14 +348,17 @@ class TelegramAdapter:
             message_id = int(ref.message_id)
         if self._shown.get((chat_id, message_id)) == (text, final):
             return  # never send Telegram an unchanged text
-        await self._rendered(
-            chat_id,
-            text,
-            final,
-            lambda body, mode: self._app.bot.edit_message_text(
-                body, chat_id=chat_id, message_id=message_id, parse_mode=mode
-            ),
-        )
+        if message_id == UNKNOWN_MESSAGE:
+            raise Refused("Telegram: the message to edit was sent, but its id is unknown")
+        with contextlib.suppress(Unreadable):  # edited; only the reply was unreadable
+            await self._rendered(
+                chat_id,
+                text,
+                final,
+                lambda body, mode: self._app.bot.edit_message_text(
+                    body, chat_id=chat_id, message_id=message_id, parse_mode=mode
+                ),
+            )
         self._shown.put((chat_id, message_id), (text, final))
         self._wrote(key)
 
@@ -359,6 +373,8 @@ class TelegramAdapter:
         except TelegramError as exc:  # cosmetic; but a 429 still pauses the chat
             error = self._translate(chat_id, exc)
             log.debug("telegram: typing in %s failed: %s", chat_id, error)
+        except Exception as exc:
+            log.debug("telegram: typing in %s: unreadable reply: %r", chat_id, exc)
 
     async def _draft(self, chat_id: int, key: ConversationKey, draft_id: int, text: str) -> bool:
         """Show `text` as a live draft. False if this chat does not take drafts."""
@@ -370,26 +386,42 @@ class TelegramAdapter:
         except BadRequest as exc:
             if "not modified" in exc.message.lower():
                 return True
-            log.info("telegram: drafts refused in chat %s (%s); editing instead", chat_id, exc)
-            self._no_drafts.add(chat_id)
-            return False
-        except TelegramError as exc:
+            return self._no_drafts_in(chat_id, exc)
+        except (RetryAfter, NetworkError) as exc:
+            # Flood control pauses the chat; a 5xx or a lost connection fails this draft
+            # only, and the flusher backs off before the next one.
             raise self._translate(chat_id, exc) from exc
+        except TelegramError as exc:
+            # Any other refusal — 404 (a server without sendMessageDraft, where PTB raises
+            # InvalidToken), 403, 409 — means no drafts here: edits from now on.
+            return self._no_drafts_in(chat_id, exc)
+        except Exception as exc:
+            log.debug("telegram: unreadable reply to a draft in %s: %r", chat_id, exc)
         return True
+
+    def _no_drafts_in(self, chat_id: int, exc: Exception) -> bool:
+        log.info("telegram: drafts refused in chat %s (%s); editing instead", chat_id, exc)
+        self._no_drafts.add(chat_id)
+        return False
 
     async def _send_message(
         self, key: ConversationKey, text: str, *, final: bool, reply: ReplyParameters | None
     ) -> int:
         chat_id = int(key.channel)
         topic = topic_of(key.thread)
-        message = await self._rendered(
-            chat_id,
-            text,
-            final,
-            lambda body, mode: self._app.bot.send_message(
-                chat_id, body, parse_mode=mode, message_thread_id=topic, reply_parameters=reply
-            ),
-        )
+        try:
+            message = await self._rendered(
+                chat_id,
+                text,
+                final,
+                lambda body, mode: self._app.bot.send_message(
+                    chat_id, body, parse_mode=mode, message_thread_id=topic, reply_parameters=reply
+                ),
+            )
+        except Unreadable:
+            # Sent, but its id is unknown: an edit of it will be refused and the flusher then
+            # sends the text anew; a final text needs no edit.
+            return UNKNOWN_MESSAGE
         if message is None:
             raise PlatformError("Telegram: sendMessage returned nothing")
         message_id = int(message.message_id)
@@ -429,6 +461,11 @@ class TelegramAdapter:
             raise self._translate(chat_id, exc) from exc
         except TelegramError as exc:
             raise self._translate(chat_id, exc) from exc
+        except Exception as exc:
+            # Telegram answered "ok" but PTB could not read the reply (a malformed date, a
+            # missing field): the call was carried out, so it is not repeated.
+            log.warning("telegram: unreadable reply in chat %s: %r", chat_id, exc)
+            raise Unreadable(f"Telegram: unreadable reply: {exc!r}") from exc
 
     def _check(self, chat_id: int, text: str) -> None:
         """Refuse before asking Telegram when the answer is sure to be no."""

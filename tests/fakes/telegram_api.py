@@ -166,7 +166,8 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
 @dataclass
 class Fault(ScriptedFault):
     kind: str  # retry_after not_modified parse_entities server_error drop drop_after
-    # bad_request forbidden deleted
+    # bad_request forbidden deleted not_found; malformed / malformed_date: the call is
+    # carried out, but the reply is {} / has a date no client can read
     chat_id: int | None = None
     retry_after: int = 1
     description: str = ""
@@ -267,6 +268,10 @@ class FakeTelegram:
             self._changed.notify_all()
         if fault is not None and fault.kind == "drop_after":
             return hang_up(request)  # done, but the answer never reaches the client
+        if fault is not None and fault.kind == "malformed":
+            result = {}
+        if fault is not None and fault.kind == "malformed_date" and isinstance(result, dict):
+            result = {**result, "date": 10**12}  # the year 33658
         return web.json_response({"ok": True, "result": result})
 
     def fail(self, method: str, kind: str, **options: Any) -> Fault:
@@ -295,6 +300,8 @@ class FakeTelegram:
             )
         if fault.kind == "server_error":
             raise ApiError(500, "Internal Server Error")
+        if fault.kind == "not_found":  # an unknown method (an older self-hosted server)
+            raise ApiError(404, "Not Found")
         if fault.kind == "deleted":  # a user deletes the message just before the edit
             self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id"), None)
             raise ApiError(400, "Bad Request: message to edit not found")
