@@ -380,14 +380,18 @@ async def until(check: Callable[[], Awaitable[object]], within: float = 30.0) ->
     return False
 
 
-async def answered(app: App, driver: Driver, conv: Conv, count: int) -> list[Turn]:
-    """Wait until `count` turns are stored and the last one is shown (the tiny model's
-    answers, with the length mark); return the turns."""
+async def answered(
+    app: App, driver: Driver, conv: Conv, count: int, *, cut: bool = True
+) -> list[Turn]:
+    """Wait until `count` turns are stored and the last one is shown (`cut`: it ran to
+    max_tokens, as the tiny random model's answers do, and shows the length mark); return
+    the turns."""
     found: list[Turn] = []
 
     async def done() -> bool:
         found[:] = await turns(app, driver, conv)
-        return len(found) >= count and driver.last_ok(conv, as_shown(found[-1].answer))
+        last = found[-1].answer if found else ""
+        return len(found) >= count and driver.last_ok(conv, as_shown(last) if cut else last)
 
     assert await until(done), f"{conv}: {len(found)} turns, chat shows {driver.replies(conv)}"
     return found

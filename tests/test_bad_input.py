@@ -256,7 +256,7 @@ async def test_an_answer_full_of_mentions_and_markup_pings_no_one(
     async with running(platform, tmp_path, evil_model_path) as (driver, app):
         conv = Conv("asker")
         await driver.ask(conv, "Say something nice")
-        [turn] = await answered(app, driver, conv, 1)
+        [turn] = await answered(app, driver, conv, 1, cut=False)
         assert turn.answer == EVIL_TEXT
         assert driver.final_ok(conv, EVIL_TEXT)
         if isinstance(driver, SlackDriver):

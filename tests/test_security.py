@@ -119,7 +119,7 @@ async def test_admin_commands_are_refused_for_everyone_else_and_change_nothing(
 
         # The same commands work for the admin: the refusals above were about who asked.
         assert "Conversations: 1" in await reply_to(driver, admin, "/stats")
-        assert "deleted 1 questions" in await reply_to(driver, admin, f"/forget {victim}")
+        assert "deleted 1 question from" in await reply_to(driver, admin, f"/forget {victim}")
         assert await rows(app, "turns") == 0
         if isinstance(driver, TelegramDriver):  # polling: no unauthenticated webhook route
             async with aiohttp.ClientSession() as http:
