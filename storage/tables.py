@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -117,3 +118,100 @@ class TurnRow(Base):
 metadata = Base.metadata
 conversations = cast(Table, ConversationRow.__table__)
 turns = cast(Table, TurnRow.__table__)
+
+
+# --- The knowledge base's index (knowledge/) -------------------------------------------
+#
+# One row per indexed file and per chunk of it. A document and its chunks are written in one
+# transaction, so an interrupted sync leaves either the old or the new version of a file.
+# The keyword index is not declared here because it differs per database: SQLite has the FTS5
+# table `kb_fts` (external content over kb_chunks.search_text, kept in step by triggers) and
+# PostgreSQL a generated tsvector column `kb_chunks.search_vector` with a GIN index; both are
+# created by migration 0002 and left out of schema comparisons by `include_object`.
+
+LOCATION_LENGTH = 1000
+"""Longest document location (path relative to its source) stored."""
+
+
+class KbDocumentRow(Base):
+    __tablename__ = "kb_documents"
+    __table_args__ = (Index(None, "collection"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    # sha256 of source + location: unique, where the paths themselves are too long to index.
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(LOCATION_LENGTH))  # the source's path as configured
+    location: Mapped[str] = mapped_column(String(LOCATION_LENGTH))  # relative to the source
+    collection: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    title: Mapped[str] = mapped_column(Text())
+    url: Mapped[str] = mapped_column(Text())
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the file's bytes
+    size: Mapped[int] = mapped_column(BigInteger())
+    mtime_ns: Mapped[int] = mapped_column(BigInteger())
+    # What embedded the chunks ("" = none): another model means the vectors are redone.
+    embedding_model: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    chunk_count: Mapped[int] = mapped_column(Integer())
+    indexed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class KbChunkRow(Base):
+    __tablename__ = "kb_chunks"
+    __table_args__ = (Index(None, "document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(Id, ForeignKey("kb_documents.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer())
+    heading: Mapped[str] = mapped_column(Text())
+    text: Mapped[str] = mapped_column(Text())
+    # The text as the keyword index sees it: CJK runs segmented into words separated by spaces.
+    search_text: Mapped[str] = mapped_column(Text())
+    tokens: Mapped[int] = mapped_column(Integer())  # in the chat model's tokens
+    # float32, L2-normalised; None without an embedding model.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary(), nullable=True)
+
+
+class KbProblemRow(Base):
+    """Files the last sync skipped and why, for `edgeqa kb status` (any process)."""
+
+    __tablename__ = "kb_problems"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(LOCATION_LENGTH))
+    location: Mapped[str] = mapped_column(Text())
+    reason: Mapped[str] = mapped_column(Text())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class KbSyncRow(Base):
+    """One sync pass: when it ran and what it changed (finished_at None = cut short)."""
+
+    __tablename__ = "kb_syncs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    added: Mapped[int] = mapped_column(Integer())
+    updated: Mapped[int] = mapped_column(Integer())
+    removed: Mapped[int] = mapped_column(Integer())
+    unchanged: Mapped[int] = mapped_column(Integer())
+    failed: Mapped[int] = mapped_column(Integer())
+
+
+kb_documents = cast(Table, KbDocumentRow.__table__)
+kb_chunks = cast(Table, KbChunkRow.__table__)
+kb_problems = cast(Table, KbProblemRow.__table__)
+kb_syncs = cast(Table, KbSyncRow.__table__)
+
+KB_FTS_TABLE = "kb_fts"
+KB_SEARCH_VECTOR = "search_vector"
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic's filter: the per-database keyword index is not part of the declared schema."""
+    if type_ == "table" and name is not None and name.startswith(KB_FTS_TABLE):
+        return False  # the FTS5 table and its shadow tables (kb_fts_data, ...)
+    if type_ == "column" and name == KB_SEARCH_VECTOR:
+        return False
+    return not (type_ == "index" and name is not None and KB_SEARCH_VECTOR in name)

@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from storage.database import create_db_engine
 from storage.migrate import current_revision, head_revision, upgrade
-from storage.tables import metadata
+from storage.tables import include_object, metadata
 from tests.storage_support import key, open_repo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,8 @@ async def test_models_and_migrations_describe_the_same_schema(url):
     await upgrade(url)
 
     def diff(conn):
-        return compare_metadata(MigrationContext.configure(conn), metadata)
+        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        return compare_metadata(context, metadata)
 
     assert await _inspect(url, diff) == []
 

@@ -15,7 +15,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from storage.database import create_db_engine
-from storage.tables import metadata
+from storage.tables import include_object, metadata
 
 config = context.config
 
@@ -26,6 +26,7 @@ def _configure(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=True,
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -46,6 +47,7 @@ if context.is_offline_mode():
         target_metadata=metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
