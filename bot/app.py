@@ -18,6 +18,8 @@ from bot.config import Settings
 from bot.http import HttpServer, build_app
 from bot.metrics import Metrics
 from bot.service import ConversationService
+from knowledge.base import KnowledgeBase
+from knowledge.setup import SyncJob, build_knowledge, schedule_sync
 from llm.base import Engine
 from storage.base import Repository
 from storage.pruning import PruneJob, schedule_pruning
@@ -70,6 +72,8 @@ class App:
         self._engine_ready = False
         self._started: list[Adapter] = []
         self._pruning: PruneJob | None = None
+        self.knowledge: KnowledgeBase | None = None  # built in start(): needs the database
+        self._kb_sync: SyncJob | None = None
 
     @property
     def port(self) -> int:
@@ -79,6 +83,7 @@ class App:
         await self.repo.start()
         await self.engine.start()
         self._engine_ready = True
+        self._start_knowledge()
         http_app = build_app(self.metrics, self._health)
         for adapter in self.adapters:
             self.service.register(adapter)
@@ -98,6 +103,10 @@ class App:
             protect=self.service.active_keys,
             on_pruned=lambda n: self.metrics.inc("edgeqa_pruned_conversations_total", n),
         )
+        if self.knowledge is not None:
+            self._kb_sync = schedule_sync(
+                self.scheduler, self.knowledge, self.settings.knowledge.sync_interval
+            )
         self.scheduler.start()
         log.info(
             "edgeqa ready: %s; engine %s",
@@ -120,17 +129,37 @@ class App:
             # background after the database is closed: start no new pass, let one in flight
             # finish (within the grace), then stop the scheduler.
             self.scheduler.pause()
-            if self._pruning is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(grace):
-                        await self._pruning.wait_idle()
+            for job in (self._pruning, self._kb_sync):
+                if job is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(grace):
+                            await job.wait_idle()
             self.scheduler.shutdown(wait=False)
         if self.http is not None:
             await self.http.stop()
             self.http = None
         await self.engine.close()
         self._engine_ready = False
+        if self.knowledge is not None:
+            await self.knowledge.close()
         await self.repo.close()
+
+    def _start_knowledge(self) -> None:
+        """The knowledge base on the history database (None without sources)."""
+        engine = getattr(self.repo, "engine", None)
+        if not self.settings.knowledge.enabled:
+            return
+        if engine is None:
+            log.warning("knowledge: the history store has no SQL engine; documents are off")
+            return
+        kb = build_knowledge(self.settings, engine, busy=lambda: self.engine.stats().active > 0)
+        self.knowledge = kb
+        if kb is None:
+            return
+        self.metrics.gauge("edgeqa_kb_searches_total", lambda: float(kb.stats.searches))
+        self.metrics.gauge("edgeqa_kb_search_seconds_total", lambda: kb.stats.seconds)
+        self.metrics.gauge("edgeqa_kb_documents", lambda: float(kb.stats.documents))
+        self.metrics.gauge("edgeqa_kb_chunks", lambda: float(kb.stats.chunks))
 
     async def _health(self) -> dict[str, bool]:
         return {"model_loaded": self._engine_ready, "database": await self.repo.ping()}

@@ -35,6 +35,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     model.add_parser("pull", parents=[common], help="download the configured model")
     model.add_parser("path", parents=[common], help="print the model's path (pulls if needed)")
+    kb = commands.add_parser("kb", help="the knowledge base").add_subparsers(
+        dest="kb_command", metavar="ACTION", required=True
+    )
+    kb.add_parser("sync", parents=[common], help="index new and changed documents now")
+    kb.add_parser("status", parents=[common], help="documents, chunks, skipped files")
+    search = kb.add_parser("search", parents=[common], help="ranked passages for a question")
+    search.add_argument("query", help="the question")
+    search.add_argument("--json", action="store_true", help="print a JSON list of hits")
+    search.add_argument("--limit", type=int, default=4, help="hits at most (default 4)")
+    search.add_argument(
+        "--collection", action="append", help="search only this collection (repeatable)"
+    )
+    search.add_argument(
+        "--min-score", type=float, help="override knowledge.min_score (0 shows every hit)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -58,6 +73,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "db":
         return asyncio.run(_db(args.db_command, settings))
+    if command == "kb":
+        return asyncio.run(_kb(args, settings))
     if command == "model":
         from llm.model_files import pull_model, resolve_model
 
@@ -88,6 +105,22 @@ async def _db(action: str, settings: Settings) -> int:
         removed = await prune_once(url, settings.history.ttl)
         print(f"pruned {removed} conversation(s) idle longer than {settings.history.ttl:g}s")
     return 0
+
+
+async def _kb(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.logs import setup_logging
+    from knowledge.commands import run_kb
+
+    setup_logging(settings)
+    return await run_kb(
+        args.kb_command,
+        settings,
+        query=getattr(args, "query", ""),
+        as_json=getattr(args, "json", False),
+        limit=getattr(args, "limit", 4),
+        collections=getattr(args, "collection", None),
+        min_score=getattr(args, "min_score", None),
+    )
 
 
 def describe(settings: Settings) -> str:

@@ -283,6 +283,7 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
             raise ConfigError(f"config file not found: {file}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _resolve_source_paths(data, file.parent)
     for secret, env_name in SECRET_ENV.items():
         section, _, key = secret.partition("_")
         if secret in data or key in data.get(section, {}):
@@ -297,6 +298,16 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         raise ConfigError(_one_line(exc, source, environ)) from None
     except SettingsError as exc:  # an environment variable that does not parse
         raise ConfigError(f"invalid environment variable: {exc}") from None
+
+
+def _resolve_source_paths(data: dict[str, Any], folder: Path) -> None:
+    """`[[knowledge.sources]] path`s relative to the config file's folder, not the cwd."""
+    knowledge = data.get("knowledge")
+    sources = knowledge.get("sources") if isinstance(knowledge, dict) else None
+    for source in sources if isinstance(sources, list) else []:
+        path = source.get("path") if isinstance(source, dict) else None
+        if isinstance(path, str) and path.strip() and not Path(path).expanduser().is_absolute():
+            source["path"] = str(folder.resolve() / path)
 
 
 class _patched_environ:

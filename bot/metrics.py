@@ -30,6 +30,10 @@ HELP = {
         "gauge",
         "How fast one answer is written once started, tokens per second (over all answers).",
     ),
+    "edgeqa_kb_searches_total": ("gauge", "Knowledge-base searches since start."),
+    "edgeqa_kb_search_seconds_total": ("gauge", "Seconds spent in knowledge-base searches."),
+    "edgeqa_kb_documents": ("gauge", "Documents in the knowledge-base index."),
+    "edgeqa_kb_chunks": ("gauge", "Chunks in the knowledge-base index."),
     "edgeqa_time_to_first_token_seconds": (
         "histogram",
         "From question received to the first token of the answer.",

@@ -43,6 +43,8 @@ class RetrievalStats:
     searches: int = 0
     seconds: float = 0.0  # spent in retrieve(), in all
     empty: int = 0  # searches that found nothing above the threshold
+    documents: int = 0  # in the index, as of the last sync or status
+    chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,19 +203,21 @@ class KnowledgeBase:
                 busy=self._busy,
             )
             report = await run_sync(ctx, progress)
+        await self.status()  # refreshes the document and chunk figures
         log.info(
             "knowledge sync: %d added, %d updated, %d removed, %d unchanged, %d skipped in %.1fs",
             report.added,
             report.updated,
             report.removed,
             report.unchanged,
-            report.failed + len(report.problems) - report.failed,
+            len(report.problems),
             report.seconds,
         )
         return report
 
     async def status(self) -> KbStatus:
         found = await index.index_status(self.engine)
+        self.stats.documents, self.stats.chunks = found["documents"], found["chunks"]
         last = found["last_sync"]
         if self._load_embedder is None:
             embedding = "off (keyword search only)"

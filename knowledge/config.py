@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B-GGUF/Qwen3-Embedding-0.6B-Q8_0.gguf"
+"""Multilingual (Chinese and English among 100+ languages), from the chat model's makers;
+see README, "Knowledge base", for why and for smaller choices."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,7 +43,8 @@ class CollectionRule(_Section):
 class KnowledgeSettings(_Section):
     sources: list[SourceSettings] = []
     # Embedding GGUF (local path or hub reference, like the chat model); "" = keyword only.
-    embedding_model: str = ""
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_threads: int = Field(1, ge=1, le=64)  # 1 leaves the other core to answers
     chunk_tokens: int = Field(300, ge=32, le=2048)
     # How many passages go into the prompt at most, and their share of the token budget.
     top_k: int = Field(4, ge=1, le=20)
