@@ -49,8 +49,10 @@ class KnowledgeSettings(_Section):
     # How many passages go into the prompt at most, and their share of the token budget.
     top_k: int = Field(4, ge=1, le=20)
     passage_tokens: int = Field(900, ge=64)
-    # Below this fused relevance, a passage does not count (see knowledge/ for its scale).
-    min_score: float = Field(0.0, ge=0)
+    # Below this fused relevance (0..1: the mean of the idf-weighted share of the question's
+    # words a passage contains and its rescaled embedding similarity; the share alone
+    # without an embedding model), a passage does not count (knowledge/search.py, README).
+    min_score: float = Field(0.3, ge=0, le=1)
     # "strict": say the documents do not cover it and stop; "prefer": answer anyway, marked.
     mode: Literal["strict", "prefer"] = "strict"
     sync_interval: float = Field(600.0, gt=0)  # seconds between background syncs

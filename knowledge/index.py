@@ -213,11 +213,8 @@ async def index_status(engine: AsyncEngine) -> dict[str, Any]:
                 select(func.count()).select_from(kb_chunks).where(c.embedding.is_not(None))
             )
         ).scalar_one()
-        per_collection: dict[str, int] = dict(
-            (await conn.execute(select(d.collection, func.count()).group_by(d.collection)))
-            .tuples()
-            .all()
-        )
+        grouped = await conn.execute(select(d.collection, func.count()).group_by(d.collection))
+        per_collection: dict[str, int] = {str(r[0]): int(r[1]) for r in grouped}
         last = (
             await conn.execute(
                 select(

@@ -14,6 +14,7 @@ no reader lets another exception out (the sync treats any other one the same way
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from selectolax.lexbor import LexborNode
+
+# pypdf logs its own warnings about a malformed file (several per file); the sync logs one
+# line per skipped file, with the reason, instead.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 BlockKind = Literal["heading", "text", "list", "table", "code"]
 

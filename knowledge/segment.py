@@ -20,6 +20,19 @@ from collections.abc import Iterator
 # Han (incl. extension A and compatibility), kana, Hangul syllables, bopomofo.
 _CJK = "\u3040-\u30ff\u3100-\u312f\u31a0-\u31bf\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 CJK_RUN = re.compile(f"[{_CJK}]+")
+# PostgreSQL's (Snowball's) English stop words: its 'english' configuration drops these, and
+# so do we on SQLite, so both databases weigh a question's words alike.
+_STOP_TEXT = """
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself
+she her hers herself it its itself they them their theirs themselves what which who whom
+this that these those am is are was were be been being have has had having do does did
+doing a an the and but if or because as until while of at by for with about against
+between into through during before after above below to from up down in out on off over
+under again further then once here there when where why how all any both each few more
+most other some such no nor not only own same so than too very s t can will just don
+should now
+"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
 _WORD = re.compile(rf"[{_CJK}]+|[^\W_]+", re.UNICODE)
 
 
@@ -38,11 +51,13 @@ def segment(text: str) -> str:
 def query_terms(query: str) -> list[str]:
     """The distinct words of a question as the index sees them, in order, lower case.
 
-    Latin words are kept whole (the database stems them); CJK runs become bigrams.
+    Latin words are kept whole (the database stems them), English stop words dropped; CJK
+    runs become bigrams.
     """
     seen: dict[str, None] = {}
     for word in _words(query):
-        seen.setdefault(word, None)
+        if word not in STOP_WORDS:
+            seen.setdefault(word, None)
     return list(seen)
 
 

@@ -96,7 +96,7 @@ def _scan_one(source: SourceSettings, max_bytes: int, out: Scan) -> None:
                 out,
                 source,
                 location,
-                f"too large ({info.st_size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:g} MB)",
+                f"too large ({_size(info.st_size)}; the limit is {_size(max_bytes)})",
             )
         else:
             out.files.append(FoundFile(source, path, location, info.st_size, info.st_mtime_ns))
@@ -126,6 +126,10 @@ def _glob_base(pattern: str) -> str:
     parts = Path(pattern).parts
     fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))]]
     return str(Path(*fixed)) if fixed else "."
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _hidden(relative: Path) -> bool:
