@@ -57,7 +57,9 @@ def coverage(
             continue  # the database ignores it
         if df[term] == 0 and CJK_RUN.fullmatch(term):
             continue  # a bigram across CJK words
-        weights[term] = idf(total, df[term])
+        # A word no chunk has weighs like the rarest word there is (df 1), not more: in a
+        # small index that would drown every word the chunk does have.
+        weights[term] = idf(total, max(df[term], 1))
     whole = sum(weights.values())
     found: dict[int, float] = {}
     if whole <= 0:

@@ -200,7 +200,8 @@ async def _embed(ctx: SyncContext, title: str, chunks: list[Chunk]) -> np.ndarra
 
 def embedding_text(title: str, chunk: Chunk) -> str:
     """The chunk as embedded: title and heading path first, they say what it is about."""
-    head = " > ".join(p for p in (title, chunk.heading) if p)
+    heading = chunk.heading
+    head = heading if heading.startswith(title) else " > ".join(p for p in (title, heading) if p)
     return f"{head}\n{chunk.text}" if head else chunk.text
 
 
