@@ -79,6 +79,7 @@ class KnowledgeBase:
         self._embedder: Embedder | None = None
         self._embedder_error = ""
         self._embedder_lock = asyncio.Lock()
+        self._loading: asyncio.Task[Embedder | None] | None = None
         self._sync_lock = asyncio.Lock()
         self._busy = busy
         self._vectors: tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]] | None = (
@@ -110,7 +111,11 @@ class KnowledgeBase:
         terms = query_terms(query)
         keyword = await index.keyword_search(self.engine, terms, collections, CANDIDATES)
         cosines: dict[int, float] | None = None
-        embedder = await self.embedder()
+        embedder = self._embedder
+        if embedder is None and self._load_embedder is not None and not self._embedder_error:
+            # Never make a question wait for a model to load (or download): this search goes
+            # on with keywords, the next ones get vectors.
+            self._loading = self._loading or asyncio.create_task(self.embedder())
         if embedder is not None and query.strip():
             cosines = await self._vector_search(embedder, query, collections)
         candidates = list(dict.fromkeys([c for c, _ in keyword] + list(cosines or {})))
@@ -246,6 +251,8 @@ class KnowledgeBase:
         )
 
     async def close(self) -> None:
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
         if self._embedder is not None:
             await asyncio.to_thread(self._embedder.close)
             self._embedder = None

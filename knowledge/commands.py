@@ -50,6 +50,7 @@ async def run_kb(
         if action == "status":
             print(describe_status(await kb.status()))
             return 0
+        await kb.embedder()  # a search from the terminal may wait for the model
         passages = await kb.retrieve(query, collections=collections, limit=limit)
         if as_json:
             print(json.dumps([_hit(p) for p in passages], ensure_ascii=False, indent=1))

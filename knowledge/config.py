@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B-GGUF/Qwen3-Embedding-0.6B-Q8_0.gguf"
 """Multilingual (Chinese and English among 100+ languages), from the chat model's makers;
 see README, "Knowledge base", for why and for smaller choices."""
+
+
+def _duration(value: Any) -> Any:
+    """ "10m" like the other intervals (bot.config's parser, imported when first used)."""
+    from bot.config import parse_duration
+
+    return parse_duration(value)
 
 
 class _Section(BaseModel):
@@ -55,7 +62,8 @@ class KnowledgeSettings(_Section):
     min_score: float = Field(0.3, ge=0, le=1)
     # "strict": say the documents do not cover it and stop; "prefer": answer anyway, marked.
     mode: Literal["strict", "prefer"] = "strict"
-    sync_interval: float = Field(600.0, gt=0)  # seconds between background syncs
+    # Seconds (or "10m") between background syncs.
+    sync_interval: Annotated[float, BeforeValidator(_duration), Field(gt=0)] = 600.0
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)
     collections: list[CollectionRule] = []
 

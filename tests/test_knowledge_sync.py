@@ -238,3 +238,29 @@ async def test_the_bot_syncs_its_sources_on_the_scheduler(tmp_path, tiny_model_p
         assert "edgeqa_kb_documents 1" in metrics and "edgeqa_kb_searches_total 1" in metrics
     finally:
         await app.stop(grace=5)
+
+
+async def test_a_question_never_waits_for_the_embedding_model(db, tmp_path, tiny_bert_path) -> None:
+    import threading
+
+    garage_docs(tmp_path / "d")
+    indexer = KnowledgeBase(
+        settings((tmp_path / "d", "d")), db.engine, load_embedder=lambda: Embedder(tiny_bert_path)
+    )
+    await indexer.sync()  # the vectors are in the index; this process has no model yet
+    await indexer.close()
+    release = threading.Event()
+
+    def slow_load() -> Embedder:  # a download in progress
+        release.wait(60)
+        return Embedder(tiny_bert_path)
+
+    kb = KnowledgeBase(
+        settings((tmp_path / "d", "d"), min_score=0.05), db.engine, load_embedder=slow_load
+    )
+    assert await locations(kb, "hotel refund policy") == ["hotels.md"]  # keywords, at once
+    assert await kb.retrieve("Where is my vehicle?") == []
+    release.set()
+    await eventually(lambda: kb._embedder is not None)
+    assert await locations(kb, "Where is my vehicle?", limit=1) == ["parking.md"]
+    await kb.close()
