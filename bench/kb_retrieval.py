@@ -122,7 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = KnowledgeSettings(
             sources=[SourceSettings(path=str(args.handbook))], embedding_model="", min_score=0.0
         )
-        kb = KnowledgeBase(settings, repo.engine, load_embedder=loader)
+        kb = KnowledgeBase(settings, repo.db, load_embedder=loader)
         started = time.perf_counter()
         report = await kb.sync()
         sync_seconds = time.perf_counter() - started

@@ -146,13 +146,13 @@ class App:
 
     def _start_knowledge(self) -> None:
         """The knowledge base on the history database (None without sources)."""
-        engine = getattr(self.repo, "engine", None)
+        db = getattr(self.repo, "db", None)
         if not self.settings.knowledge.enabled:
             return
-        if engine is None:
-            log.warning("knowledge: the history store has no SQL engine; documents are off")
+        if db is None:
+            log.warning("knowledge: the history store is not a SQL database; documents are off")
             return
-        kb = build_knowledge(self.settings, engine, busy=lambda: self.engine.stats().active > 0)
+        kb = build_knowledge(self.settings, db, busy=lambda: self.engine.stats().active > 0)
         self.knowledge = kb
         if kb is None:
             return

@@ -2,7 +2,7 @@
 
 `KnowledgeBase` implements the `Retriever` the question pipeline calls, and holds the
 sync, status and scope answers. Its tables live in the history database, reached through
-storage's engine, so one backup and one `edgeqa db upgrade` cover both.
+storage's database engine (SqlRepository.db), so one backup and one `edgeqa db upgrade` cover both.
 
 The embedding model is loaded on first use in a worker thread (it may be downloaded); if
 it cannot be had, retrieval goes on with keyword search alone and `edgeqa kb status` says
@@ -65,14 +65,14 @@ class KnowledgeBase:
     def __init__(
         self,
         settings: KnowledgeSettings,
-        engine: AsyncEngine,
+        db: AsyncEngine,
         *,
         count_tokens: TextCounter = estimate_tokens,
         load_embedder: Callable[[], Embedder] | None = None,
         busy: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.db = db
         self.stats = RetrievalStats()
         self._count_tokens = count_tokens
         self._load_embedder = load_embedder
@@ -109,7 +109,7 @@ class KnowledgeBase:
         if limit < 1 or (collections is not None and not collections):
             return []
         terms = query_terms(query)
-        keyword = await index.keyword_search(self.engine, terms, collections, CANDIDATES)
+        keyword = await index.keyword_search(self.db, terms, collections, CANDIDATES)
         cosines: dict[int, float] | None = None
         embedder = self._embedder
         if embedder is None and self._load_embedder is not None and not self._embedder_error:
@@ -121,7 +121,7 @@ class KnowledgeBase:
         candidates = list(dict.fromkeys([c for c, _ in keyword] + list(cosines or {})))
         if not candidates:
             return []
-        total, df, hits = await index.term_hits(self.engine, terms, candidates, collections)
+        total, df, hits = await index.term_hits(self.db, terms, candidates, collections)
         from knowledge.search import coverage
 
         covered = coverage(terms, total, df, hits)
@@ -129,7 +129,7 @@ class KnowledgeBase:
             s for s in fuse(candidates, covered, cosines) if s.score >= self.settings.min_score
         ]
         scored = [s for s in scored if s.score > 0][:limit]
-        found = await index.load_hits(self.engine, [s.chunk_id for s in scored])
+        found = await index.load_hits(self.db, [s.chunk_id for s in scored])
         allowed = None if collections is None else set(collections)
         return [
             Passage(
@@ -151,9 +151,9 @@ class KnowledgeBase:
         self, embedder: Embedder, query: str, collections: Sequence[str] | None
     ) -> dict[int, float]:
         qv = (await asyncio.to_thread(embedder.embed, [query], query=True))[0]
-        mark = await index.fingerprint(self.engine)
+        mark = await index.fingerprint(self.db)
         if self._vectors is None or self._vectors[0] != mark:
-            ids, vectors, owners = await index.load_vectors(self.engine)
+            ids, vectors, owners = await index.load_vectors(self.db)
             self._vectors = (mark, ids, vectors, owners)
         _, ids, vectors, owners = self._vectors
         if not len(ids) or vectors.shape[1] != qv.shape[0]:
@@ -199,7 +199,7 @@ class KnowledgeBase:
         async with self._sync_lock:
             embedder = await self.embedder()
             ctx = SyncContext(
-                engine=self.engine,
+                db=self.db,
                 sources=list(self.settings.sources),
                 max_bytes=self.settings.max_file_bytes,
                 chunk_tokens=self.settings.chunk_tokens,
@@ -221,7 +221,7 @@ class KnowledgeBase:
         return report
 
     async def status(self) -> KbStatus:
-        found = await index.index_status(self.engine)
+        found = await index.index_status(self.db)
         self.stats.documents, self.stats.chunks = found["documents"], found["chunks"]
         last = found["last_sync"]
         if self._load_embedder is None:

@@ -39,7 +39,7 @@ async def run_kb(
         settings = settings.model_copy(update={"knowledge": knowledge})
     repo = SqlRepository(settings.history.database_url)
     await repo.start()
-    kb = build_knowledge(settings, repo.engine)
+    kb = build_knowledge(settings, repo.db)
     assert kb is not None
     try:
         if action == "sync":

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from knowledge.chunking import Chunk
 from knowledge.segment import segment
-from storage.models import kb_chunks, kb_documents, kb_problems, kb_syncs
+from storage.tables import kb_chunks, kb_documents, kb_problems, kb_syncs
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ JOB_ID = "edgeqa-knowledge-sync"
 
 def build_knowledge(
     settings: Settings,
-    engine: AsyncEngine,
+    db: AsyncEngine,
     *,
     busy: Callable[[], bool] | None = None,
     download: bool = True,
@@ -43,7 +43,7 @@ def build_knowledge(
         return None
     counter: TextCounter = estimate_tokens
     if settings.engine.kind == "llama_cpp":
-        from llm.models import resolve_model
+        from llm.model_files import resolve_model
 
         try:
             path = resolve_model(settings.model_ref, settings.engine.model_dir, download=False)
@@ -57,7 +57,7 @@ def build_knowledge(
         def loader() -> Embedder:
             return load_embedder(ref, model_dir, threads=kn.embedding_threads, download=download)
 
-    return KnowledgeBase(kn, engine, count_tokens=counter, load_embedder=loader, busy=busy)
+    return KnowledgeBase(kn, db, count_tokens=counter, load_embedder=loader, busy=busy)
 
 
 class SyncJob:

@@ -69,7 +69,7 @@ class SyncReport:
 
 @dataclass
 class SyncContext:
-    engine: AsyncEngine
+    db: AsyncEngine
     sources: list[Any]
     max_bytes: int
     chunk_tokens: int
@@ -86,10 +86,10 @@ class SyncContext:
 async def run_sync(ctx: SyncContext, progress: Progress | None = None) -> SyncReport:
     started = time.monotonic()
     report = SyncReport()
-    sync_id = await index.start_sync(ctx.engine)
+    sync_id = await index.start_sync(ctx.db)
     scan = await asyncio.to_thread(scan_sources, ctx.sources, ctx.max_bytes)
     problems: list[Problem] = list(scan.problems)
-    stored = await index.stored_documents(ctx.engine)
+    stored = await index.stored_documents(ctx.db)
     seen: set[tuple[str, str]] = set()
     total = len(scan.files)
     for done, found in enumerate(scan.files):
@@ -135,11 +135,11 @@ async def run_sync(ctx: SyncContext, progress: Progress | None = None) -> SyncRe
         for key, doc in stored.items()
         if key not in seen and key[0] not in scan.missing_sources and not _failed(key, problems)
     ]
-    await index.delete_documents(ctx.engine, gone)
+    await index.delete_documents(ctx.db, gone)
     report.removed = len(gone)
     report.problems = [(p.location if p.location != "." else p.source, p.reason) for p in problems]
     await index.finish_sync(
-        ctx.engine, sync_id, report.counts(), [(p.source, p.location, p.reason) for p in problems]
+        ctx.db, sync_id, report.counts(), [(p.source, p.location, p.reason) for p in problems]
     )
     report.seconds = time.monotonic() - started
     return report
@@ -155,7 +155,7 @@ async def _index_file(ctx: SyncContext, found: FoundFile, old: index.Stored | No
     data = await asyncio.to_thread(found.path.read_bytes)
     digest = hashlib.sha256(data).hexdigest()
     if old is not None and old.content_hash == digest and old.signature == ctx.signature:
-        await index.touch_document(ctx.engine, old.id, found.size, found.mtime_ns)
+        await index.touch_document(ctx.db, old.id, found.size, found.mtime_ns)
         return -1
     doc, chunks = await asyncio.to_thread(_parse, data, found, ctx)
     vectors = await _embed(ctx, doc.title, chunks)
@@ -172,7 +172,7 @@ async def _index_file(ctx: SyncContext, found: FoundFile, old: index.Stored | No
         signature=ctx.signature,
     )
     try:
-        await index.write_document(ctx.engine, new, chunks, vectors)
+        await index.write_document(ctx.db, new, chunks, vectors)
     except IntegrityError:  # another process indexed the same file at the same moment
         log.info("knowledge: %s was indexed by another process", found.location)
     return len(chunks)

@@ -2,7 +2,7 @@
 
 The knowledge base embeds its chunks (during a sync) and each question (during an answer)
 with the same model. The model is found like the chat model (a local path, or a hub
-reference downloaded once with a progress bar, llm/models.py) and runs through
+reference downloaded once with a progress bar, llm/model_files.py) and runs through
 llama-cpp-python's `Llama(embedding=True)`, which reads the pooling the model was trained
 with (mean for BERT models, last token for Qwen3-Embedding) from the GGUF itself.
 
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llm.base import ModelError
-from llm.models import resolve_model
+from llm.model_files import resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text
 
 from knowledge.base import KnowledgeBase
 from knowledge.config import CollectionRule, KnowledgeSettings
-from storage.models import kb_chunks
 from storage.sql import SqlRepository
+from storage.tables import kb_chunks
 from tests.knowledge_support import (
     SHANGHAI_MD,
     TRAVEL_MD,
@@ -35,7 +35,7 @@ async def db(url: str) -> AsyncIterator[SqlRepository]:
 
 
 def knowledge(db: SqlRepository, config: KnowledgeSettings, **kwargs: object) -> KnowledgeBase:
-    return KnowledgeBase(config, db.engine, **kwargs)  # type: ignore[arg-type]
+    return KnowledgeBase(config, db.db, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -197,12 +197,12 @@ async def test_unreadable_file_is_skipped(db, tmp_path) -> None:
 
 
 async def _count(db: SqlRepository, table) -> int:  # type: ignore[no-untyped-def]
-    async with db.engine.connect() as conn:
+    async with db.db.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 
 
 async def _fts_rows(db: SqlRepository) -> int:
-    async with db.engine.connect() as conn:
+    async with db.db.connect() as conn:
         if conn.dialect.name == "sqlite":
             return int(
                 (await conn.execute(text("SELECT count(*) FROM kb_fts_docsize"))).scalar_one()

@@ -48,12 +48,12 @@ def garage_docs(root: Path) -> None:
 async def test_vectors_find_what_no_keyword_matches(db, tmp_path, tiny_bert_path) -> None:
     garage_docs(tmp_path / "d")
     config = settings((tmp_path / "d", "d"), min_score=0.05)
-    keyword_only = KnowledgeBase(config, db.engine)
+    keyword_only = KnowledgeBase(config, db.db)
     await keyword_only.sync()
     question = "Where is my vehicle?"
     assert await keyword_only.retrieve(question) == []  # "vehicle" is in no document
 
-    hybrid = KnowledgeBase(config, db.engine, load_embedder=lambda: Embedder(tiny_bert_path))
+    hybrid = KnowledgeBase(config, db.db, load_embedder=lambda: Embedder(tiny_bert_path))
     report = await hybrid.sync()
     assert report.updated == 2  # a new embedding model redoes every document
     assert await locations(hybrid, question, limit=1) == ["parking.md"]
@@ -71,7 +71,7 @@ async def test_an_embedding_model_that_cannot_load_leaves_keyword_search(db, tmp
     def load() -> Embedder:
         return Embedder(broken)
 
-    kb = KnowledgeBase(settings((tmp_path / "d", "d")), db.engine, load_embedder=load)
+    kb = KnowledgeBase(settings((tmp_path / "d", "d")), db.db, load_embedder=load)
     await kb.sync()
     assert await locations(kb, "hotel refund policy") == ["hotels.md"]
     assert (await kb.status()).embedding.startswith("unavailable: llama.cpp could not load")
@@ -91,7 +91,7 @@ async def test_indexing_waits_for_answers_but_is_never_starved(
 
     kb = KnowledgeBase(
         settings((tmp_path / "d", "d")),
-        db.engine,
+        db.db,
         load_embedder=lambda: Embedder(tiny_bert_path),
         busy=busy,
     )
@@ -121,7 +121,7 @@ KILLED_SYNC = textwrap.dedent(
         repo = SqlRepository({url!r})
         await repo.start()
         kb = KnowledgeBase(KnowledgeSettings(sources=[SourceSettings(path={docs!r})],
-                                             embedding_model=""), repo.engine)
+                                             embedding_model=""), repo.db)
         def progress(done, total, location):
             print(done, flush=True)
         await kb.sync(progress)
@@ -146,7 +146,7 @@ async def test_a_sync_killed_mid_way_leaves_a_consistent_index(db, tmp_path) -> 
     os.kill(child.pid, signal.SIGKILL)
     await child.wait()
 
-    async with db.engine.connect() as conn:
+    async with db.db.connect() as conn:
         documents = (await conn.execute(text("SELECT count(*) FROM kb_documents"))).scalar_one()
         broken = (
             await conn.execute(
@@ -163,7 +163,7 @@ async def test_a_sync_killed_mid_way_leaves_a_consistent_index(db, tmp_path) -> 
         ).scalar_one()
     assert 5 <= documents < 40 and broken == 0 and chunks == indexed and unfinished == 1
 
-    kb = KnowledgeBase(settings((docs, "docs")), db.engine)
+    kb = KnowledgeBase(settings((docs, "docs")), db.db)
     report = await kb.sync()
     assert (report.added, report.unchanged) == (40 - documents, documents)
     assert (await kb.retrieve("How many people does room 39-29 hold?"))[0].location == ("room39.md")
@@ -245,7 +245,7 @@ async def test_a_question_never_waits_for_the_embedding_model(db, tmp_path, tiny
 
     garage_docs(tmp_path / "d")
     indexer = KnowledgeBase(
-        settings((tmp_path / "d", "d")), db.engine, load_embedder=lambda: Embedder(tiny_bert_path)
+        settings((tmp_path / "d", "d")), db.db, load_embedder=lambda: Embedder(tiny_bert_path)
     )
     await indexer.sync()  # the vectors are in the index; this process has no model yet
     await indexer.close()
@@ -256,7 +256,7 @@ async def test_a_question_never_waits_for_the_embedding_model(db, tmp_path, tiny
         return Embedder(tiny_bert_path)
 
     kb = KnowledgeBase(
-        settings((tmp_path / "d", "d"), min_score=0.05), db.engine, load_embedder=slow_load
+        settings((tmp_path / "d", "d"), min_score=0.05), db.db, load_embedder=slow_load
     )
     assert await locations(kb, "hotel refund policy") == ["hotels.md"]  # keywords, at once
     assert await kb.retrieve("Where is my vehicle?") == []
