@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from knowledge import index
 from knowledge.config import KnowledgeSettings
-from knowledge.search import fuse
+from knowledge.search import coverage, fuse
 from knowledge.segment import query_terms
 from knowledge.sync import Progress, SyncContext, SyncReport, run_sync
 from knowledge.types import Passage
@@ -122,8 +122,6 @@ class KnowledgeBase:
         if not candidates:
             return []
         total, df, hits = await index.term_hits(self.db, terms, candidates, collections)
-        from knowledge.search import coverage
-
         covered = coverage(terms, total, df, hits)
         scored = [
             s for s in fuse(candidates, covered, cosines) if s.score >= self.settings.min_score
