@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.test_web_support import EventStream
+from tests.web_support import EventStream
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER = "browser-crash1"

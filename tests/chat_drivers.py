@@ -36,8 +36,8 @@ from storage.base import Turn
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.fakes.telegram_api import FakeTelegram
 from tests.harness import as_shown, running_app, test_settings
+from tests.slack_support import slack_env
 from tests.telegram_support import telegram_env
-from tests.test_slack_support import slack_env
 
 ADMIN_SLOTS = 64  # admin identities handed out per driver (ids are fixed before the start)
 

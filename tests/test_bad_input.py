@@ -45,7 +45,7 @@ from tests.chat_drivers import (
 )
 from tests.fakes.telegram_api import parse_html
 from tests.harness import as_shown, running_app, test_settings
-from tests.test_slack_support import drop_proxies
+from tests.slack_support import drop_proxies
 from tests.tiny_gguf import write_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")

@@ -28,7 +28,7 @@ from tests.fakes.common import end
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.harness import Start, as_shown, eventually, stored
-from tests.test_slack_support import bot_starter, expected_messages, workspace
+from tests.slack_support import bot_starter, expected_messages, workspace
 from tests.tiny_gguf import write_tiny_model
 
 CHANNEL = "C0GENERAL"

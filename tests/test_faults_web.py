@@ -20,7 +20,7 @@ from adapters.web import WebChatAdapter
 from bot.app import App
 from bot.types import ConversationKey
 from tests.harness import as_shown, eventually, running_app, test_settings
-from tests.test_web_support import EventStream
+from tests.web_support import EventStream
 
 BROWSER = "browser-faults-1"
 THREAD = "thread-faults-1"

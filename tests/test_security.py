@@ -45,8 +45,8 @@ from tests.chat_drivers import (
 )
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
 from tests.harness import free_port, running_app, test_settings
+from tests.slack_support import drop_proxies
 from tests.storage_support import BACKENDS, database_url
-from tests.test_slack_support import drop_proxies
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 

@@ -1,6 +1,6 @@
 """The Slack adapter through the real Bolt app and slack-sdk client, against local fakes of
 Slack's Web API and Socket Mode: what gets answered where, what is ignored, streaming,
-errors, limits and slash commands. The core is a scripted stand-in (test_slack_support.py);
+errors, limits and slash commands. The core is a scripted stand-in (slack_support.py);
 test_slack_e2e.py runs the same kind of scenarios through the real core and engine."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from adapters.slack.render import to_mrkdwn
 from adapters.slack.sender import THINKING
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.test_slack_support import eventually, running, settle, workspace
+from tests.slack_support import eventually, running, settle, workspace
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
@@ -345,7 +345,7 @@ async def test_wrong_tokens_fail_at_start(ws: SlackWorkspace) -> None:
 
     from adapters.slack import SlackAdapter
     from adapters.slack.adapter import StartError
-    from tests.test_slack_support import ScriptedCore, slack_settings
+    from tests.slack_support import ScriptedCore, slack_settings
 
     settings = slack_settings(ws).model_copy(update={"slack_app_token": SecretStr("xapp-nope")})
     adapter = SlackAdapter(settings)

@@ -20,7 +20,7 @@ from llm.base import GenerationRequest
 from tests.doubles import ScriptedEngine
 from tests.fakes.slack_workspace import SlackWorkspace
 from tests.harness import Start, answers, running_app, stored, test_settings
-from tests.test_slack_support import (
+from tests.slack_support import (
     bot_starter,
     eventually,
     expected_messages,
@@ -28,8 +28,6 @@ from tests.test_slack_support import (
     slack_env,
     workspace,
 )
-
-pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"

@@ -15,7 +15,7 @@ from adapters.slack import SlackAdapter
 from adapters.slack.render import to_mrkdwn
 from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SlackWorkspace, sign
-from tests.test_slack_support import (
+from tests.slack_support import (
     ScriptedCore,
     eventually,
     settle,

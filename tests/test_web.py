@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from adapters.web.adapter import FAILED
 from adapters.web.routes import MAX_RUNNING_PER_THREAD
-from tests.test_web_support import (
+from tests.web_support import (
     BROWSER,
     STEPS,
     ask,

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from adapters.web import WebChatAdapter
 from bot.types import ConversationKey
 from tests.harness import as_shown, running_app, test_settings
-from tests.test_web_support import STEPS, ScriptedCore, web_server, web_settings
+from tests.web_support import STEPS, ScriptedCore, web_server, web_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -271,7 +271,6 @@ async def test_end_to_end_through_the_real_core_and_llama_cpp(
 ) -> None:
     """Type a question, watch tokens arrive, reload: the stored turn is there; /reset clears it.
     The tiny model writes random-looking text, so the page is compared with what was stored."""
-    pytest.importorskip("llm.factory", reason="the llama.cpp engine has not landed yet")
     settings = test_settings(
         tmp_path,
         tiny_model_path,
