@@ -4,6 +4,7 @@ bad input and the access token. The page itself is driven in test_web_browser.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import SecretStr
 
 from adapters.web.adapter import FAILED
 from adapters.web.routes import MAX_RUNNING_PER_THREAD
+from bot.types import ConversationKey
 from tests.web_support import (
     BROWSER,
     STEPS,
@@ -278,3 +280,24 @@ async def test_stop_ends_open_event_streams() -> None:
         await adapter.stop()
         with pytest.raises(EOFError):
             await tab.next()
+
+
+async def test_stopping_still_delivers_the_last_text_and_the_end_of_each_answer() -> None:
+    """Shutdown cuts an answer, sends its final text and stops the adapter at once, with no
+    chance for the stream to write in between (a slow page, a 20 KB answer): the page still
+    gets that text and the answer's `done` before its stream ends."""
+    async with web_server() as (adapter, core, client), subscribed(client, "thread-a") as tab:
+        core.gate = asyncio.Event()  # the answer stays in flight after two steps
+        question = (await (await ask(client, "thread-a", "why?")).json())["id"]
+        await tab.until(lambda e: e["type"] == "reply" and e["text"].endswith(STEPS[1]))
+        key = ConversationKey("web", "", BROWSER, "thread-a")
+        cut = "Answer to why?: " + STEPS[0] + STEPS[1] + "(cut short)"
+        await adapter.send(key, cut, reply_to=question, final=True)
+        await adapter.stop()
+        rest = []
+        with contextlib.suppress(EOFError):
+            while True:
+                rest.append(await tab.next())
+    replies = [e for e in rest if e["type"] == "reply" and e["question"] == question]
+    assert [(e["text"], e["final"]) for e in replies] == [(cut, True)]
+    assert rest[-1]["type"] == "done" and rest[-1]["question"] == question

@@ -57,13 +57,14 @@ class WebChatAdapter:
         log.info("browser chat ready at / on the HTTP server%s", login)
 
     async def stop(self) -> None:
-        """End the event streams (so the HTTP server can shut down) and the running questions."""
-        self.state.close_all()
+        """End the running questions, then the event streams (so the HTTP server can shut
+        down). In that order: each question's `done` goes out before its page's stream ends."""
+        self.handler = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.handler = None
+        self.state.close_all()
 
     # --- questions from the page ---------------------------------------------------------
 

@@ -52,12 +52,14 @@ class Subscriber:
         self._wake.set()
 
     async def wait(self, seconds: float) -> list[str] | None:
-        """The frames pending now (an empty list after `seconds`), or None once closed."""
+        """The frames pending now (an empty list after `seconds`), or None once closed and
+        drained: frames pushed before the close (a cut answer's last text, its `done`) are
+        still written, however far behind the page's connection is."""
         if not self._frames and not self.closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
-        if self.closed:
+        if self.closed and not self._frames:
             return None
         frames = list(self._frames)
         self._frames.clear()
