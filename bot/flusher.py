@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -86,14 +85,16 @@ class StreamFlusher:
         reply_to: str = "",
         give_up_after: float = 120.0,
         on_edit: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._adapter = adapter
         self._key = key
         self._reply_to = reply_to
         self._give_up_after = give_up_after
         self._on_edit = on_edit
-        self._clock = clock
+        # The event loop's clock by default: the one its waits (sleep, wait_for) run on, so
+        # the cadence is one timeline, and a test on a fast-forwarded loop moves both.
+        self._clock = clock or asyncio.get_running_loop().time
         self._limit = adapter.limits.max_message_len
         self._text = ""  # the answer so far
         self._status = ""  # shown while there is no text yet ("queued (position 2)")

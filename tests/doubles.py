@@ -25,6 +25,12 @@ from llm.base import (
 )
 
 
+def now() -> float:
+    """The event loop's clock, the flusher's too: on a fast-forwarded loop (looptime) the
+    recorded times are the loop's, exact and independent of the machine's speed."""
+    return asyncio.get_running_loop().time()
+
+
 @dataclass
 class Op:
     kind: str  # "send", "edit", "typing"
@@ -66,11 +72,11 @@ class RecordingAdapter:
 
     def _maybe_fail(self, kind: str, text: str) -> None:
         if self.down:
-            self.refused.append((kind, time.monotonic()))
+            self.refused.append((kind, now()))
             raise PlatformError("503 Service Unavailable")
         queue = self.faults.get(kind)
         if queue:
-            self.refused.append((kind, time.monotonic()))
+            self.refused.append((kind, now()))
             raise queue.pop(0)
         if self.too_long_over is not None and len(text) > self.too_long_over:
             raise MessageTooLong(f"{len(text)} > {self.too_long_over}")
@@ -81,16 +87,16 @@ class RecordingAdapter:
         self._maybe_fail("send", text)
         message_id = str(next(self._ids))
         self.shown[message_id] = text
-        self.ops.append(Op("send", key, message_id, text, final, time.monotonic(), reply_to))
+        self.ops.append(Op("send", key, message_id, text, final, now(), reply_to))
         return MessageRef(key, message_id)
 
     async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
         self._maybe_fail("edit", text)
         self.shown[ref.message_id] = text
-        self.ops.append(Op("edit", ref.key, ref.message_id, text, final, time.monotonic()))
+        self.ops.append(Op("edit", ref.key, ref.message_id, text, final, now()))
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
-        self.ops.append(Op("typing", key, "", "", False, time.monotonic()))
+        self.ops.append(Op("typing", key, "", "", False, now()))
 
     def edit_interval(self, key: ConversationKey) -> float:
         return self.limits.edit_interval

@@ -1,5 +1,9 @@
 """StreamFlusher: cadence, dedupe, splitting, backoff, final delivery — against a recording
-adapter, since the flusher's contract is about which sends/edits happen and when."""
+adapter, since the flusher's contract is about which sends/edits happen and when.
+
+Every test runs on a fast-forwarded event loop (looptime): the flusher reads the loop's clock
+and waits on it, so "an edit every 0.1 s" and "wait out a 0.3 s Retry-After" are exact and
+instant, whatever the machine's speed or load."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from bot.flusher import DeliveryFailed, StreamFlusher, split_point
 from bot.types import ConversationKey
 from tests.doubles import RecordingAdapter
 from tests.harness import eventually
+
+pytestmark = pytest.mark.looptime
 
 KEY = ConversationKey("test", "", "chat", "thread")
 
@@ -43,10 +49,10 @@ async def test_first_text_goes_out_then_edits_keep_the_cadence() -> None:
     assert writes[0].kind == "send"
     assert len(chat.messages()) == 1
     assert chat.messages() == ["".join(pieces)]
-    # ~0.6 s of tokens at one edit per 0.1 s: a handful of edits, not 60.
-    assert 3 <= len(writes) <= 12
+    # 0.6 s of tokens at one edit per 0.1 s: the first text, then an edit every 0.1 s (the
+    # last one final), not 60.
     gaps = [b.at - a.at for a, b in itertools.pairwise(writes)]
-    assert min(gaps) >= 0.1 * 0.9
+    assert gaps == pytest.approx([0.1] * 6)
     assert writes[-1].final and not any(w.final for w in writes[:-1])
 
 
@@ -100,10 +106,13 @@ async def test_rate_limit_pauses_edits_and_final_text_still_arrives() -> None:
     edits = chat.writes("edit")
     assert chat.messages() == [final]
     assert edits[-1].final and edits[-1].text == final
-    # After the 429, the next accepted edit waited for the pause the platform asked for.
-    refused_at = chat.refused[0][1]
-    assert edits[0].at - refused_at >= 0.3 * 0.95
-    assert len(chat.refused) == 3
+    # After the 429 nothing was tried for the 0.3 s asked for; the final edit, refused twice
+    # with 0.2 s, went out 0.2 s after the second refusal.
+    refused_at = [at for _kind, at in chat.refused]
+    assert len(refused_at) == 3
+    assert refused_at[1] - refused_at[0] == pytest.approx(0.3)
+    assert refused_at[2] - refused_at[1] == pytest.approx(0.2)
+    assert edits[0].at - refused_at[2] == pytest.approx(0.2)
 
 
 async def test_final_delivery_retries_platform_errors_then_gives_up() -> None:
@@ -122,6 +131,9 @@ async def test_final_delivery_retries_platform_errors_then_gives_up() -> None:
     with pytest.raises(DeliveryFailed):
         await flusher.finish("never arrives")
     assert down.messages() == []
+    # Tried at once and after a 0.5 s backoff; the next (1 s later) would pass the deadline.
+    tries = [at for _kind, at in down.refused]
+    assert [b - a for a, b in itertools.pairwise(tries)] == pytest.approx([0.5])
 
 
 async def test_platform_that_counts_longer_gets_smaller_pieces() -> None:
