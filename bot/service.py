@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from adapters.base import Adapter, NamesCommands
@@ -86,6 +86,9 @@ class ConversationService:
         self._accepting = True
         self._idle = asyncio.Event()  # set while no thread is being answered
         self._idle.set()
+        self._handling = 0  # messages inside handle()/command(): questions, queued or not
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._started = time.monotonic()
         self.metrics.gauge("edgeqa_queue_length", lambda: float(self.queue_length()))
         self.metrics.gauge("edgeqa_active_answers", lambda: float(len(self._generations())))
@@ -115,7 +118,32 @@ class ConversationService:
 
     # -- the CoreHandler protocol ---------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """A message is being handled: a question answered or queued, or a command run."""
+        return self._handling > 0
+
+    async def wait_quiet(self) -> None:
+        """Return once no message is being handled (at once if none is). What "nothing more
+        will happen" means for the core: tests wait on it instead of a fixed sleep."""
+        await self._quiet.wait()
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        self._handling += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._handling -= 1
+            if not self._handling:
+                self._quiet.set()
+
     async def handle(self, msg: IncomingMessage) -> None:
+        with self._busy():
+            await self._handle(msg)
+
+    async def _handle(self, msg: IncomingMessage) -> None:
         adapter = self._adapters.get(msg.key.platform)
         if adapter is None:
             log.error("no adapter registered for platform %r", msg.key.platform)
@@ -137,6 +165,10 @@ class ConversationService:
                 await self._reply(adapter, msg, "Sorry, something went wrong on my side.")
 
     async def command(self, msg: IncomingMessage) -> str:
+        with self._busy():
+            return await self._command(msg)
+
+    async def _command(self, msg: IncomingMessage) -> str:
         if not self._access.allowed(msg):
             log.info("refused a command from %s in %s: not allowed", msg.user_id, msg.key)
             return "Sorry, you can't use this bot here."

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 from adapters.base import Adapter
 from bot.app import App
@@ -109,6 +110,31 @@ async def eventually(
                 raise failure
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+class Quiet(Protocol):
+    """A core that says when it handles no message (ConversationService, a scripted core)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def wait_quiet(self) -> None: ...
+
+
+async def quiet(core: App | Quiet, turns: int = 3) -> None:
+    """Wait until nothing more will happen on its own: the core handles no message (nothing
+    answered, queued or run as a command), over `turns` event-loop turns in a row, so a
+    message an adapter handed over just now has started. For "nothing more arrived" checks
+    after the input was delivered, instead of a fixed sleep that a slow machine outlasts."""
+    target: Quiet = core.service if isinstance(core, App) else core
+    calm = 0
+    while calm < turns:
+        if target.busy:
+            calm = 0
+            await target.wait_quiet()
+        else:
+            calm += 1
+        await asyncio.sleep(0)
 
 
 async def answers(app: App, key: ConversationKey) -> list[str]:

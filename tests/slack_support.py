@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,33 @@ class ScriptedCore:
         self.command_gate = asyncio.Event()
         self.command_gate.set()
         self.command_reply = "done"
+        self._handling = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._handling > 0
+
+    async def wait_quiet(self) -> None:
+        await self._quiet.wait()
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        self._handling += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._handling -= 1
+            if not self._handling:
+                self._quiet.set()
 
     async def handle(self, msg: IncomingMessage) -> None:
+        with self._busy():
+            await self._handle(msg)
+
+    async def _handle(self, msg: IncomingMessage) -> None:
         self.handled.append(msg)
         text = self.answer(msg)
         flusher = StreamFlusher(self.adapter, msg.key, reply_to=msg.message_id)
@@ -114,9 +139,10 @@ class ScriptedCore:
         self.answered.append(msg)
 
     async def command(self, msg: IncomingMessage) -> str:
-        self.commands.append(msg)
-        await self.command_gate.wait()
-        return self.command_reply
+        with self._busy():
+            self.commands.append(msg)
+            await self.command_gate.wait()
+            return self.command_reply
 
     async def history(self, key: ConversationKey) -> list[str]:
         return self.stored.get(key, [])
@@ -132,11 +158,6 @@ async def eventually(check: Callable[[], Any], within: float = 20.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.02)
-
-
-async def settle(seconds: float = 0.3) -> None:
-    """Give events that should be ignored the time to (not) do something."""
-    await asyncio.sleep(seconds)
 
 
 @contextlib.asynccontextmanager

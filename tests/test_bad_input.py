@@ -44,7 +44,7 @@ from tests.chat_drivers import (
     until,
 )
 from tests.fakes.telegram_api import parse_html
-from tests.harness import as_shown, running_app, test_settings
+from tests.harness import as_shown, quiet, running_app, test_settings
 from tests.slack_support import drop_proxies
 from tests.tiny_gguf import write_tiny_model
 
@@ -205,7 +205,7 @@ async def test_every_bad_input_gets_a_clear_outcome_and_breaks_nothing(
         for case in cases:
             await driver.ask(case.conv, case.text)
         results = await asyncio.gather(*(settle_case(app, driver, case) for case in cases))
-        await asyncio.sleep(0.5)  # time for anything late: a reply to an ignored case
+        await quiet(app)  # anything late (a reply to an ignored case) has happened
         problems = {case.id: result for case, result in zip(cases, results, strict=True)}
         for case in cases:
             problems[case.id] = problems[case.id] or await check_afterwards(app, driver, case)

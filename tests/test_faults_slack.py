@@ -27,7 +27,7 @@ from bot.types import ConversationKey
 from tests.fakes.common import end
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import Start, as_shown, eventually, stored
+from tests.harness import Start, as_shown, eventually, quiet, stored
 from tests.slack_support import bot_starter, expected_messages, workspace
 from tests.tiny_gguf import write_tiny_model
 
@@ -189,7 +189,7 @@ async def test_back_after_the_bound_the_thread_gets_the_notice(
         assert app.metrics.get("edgeqa_delivery_failures_total") == 1
         end(faults)  # ...then Slack comes back, and the notice gets through, once.
         await stored(app, conversation(ws, asked.ts))
-        await asyncio.sleep(0.3)
+        await quiet(app)  # nothing more arrives after it
     [notice] = ws.api.bot_messages(CHANNEL, asked.ts)
     assert notice.text == to_mrkdwn(UNDELIVERED)
 

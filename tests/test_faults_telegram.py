@@ -17,7 +17,6 @@ cases assert that exact, documented outcome (README "Reliability").
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from adapters.telegram.render import render, visible_text
 from bot.service import UNDELIVERED
 from tests.fakes.common import end
 from tests.fakes.telegram_api import FakeTelegram, Fault, Sent
-from tests.harness import Start, as_shown, eventually, stored
+from tests.harness import Start, as_shown, eventually, quiet, stored
 from tests.telegram_support import assert_shows, bot_starter, key_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -174,7 +173,7 @@ async def test_back_after_the_bound_the_chat_gets_the_notice(
         end(faults)  # ...then Telegram comes back, and the notice gets through.
         await stored(app, key)
         await eventually(lambda: len(shown()) == 1)
-        await asyncio.sleep(0.3)  # nothing more arrives after it
+        await quiet(app)  # nothing more arrives after it
     [notice] = shown()
     assert notice.text == UNDELIVERED
 

@@ -16,7 +16,6 @@ the tiny model) against the platforms' fakes:
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -44,7 +43,7 @@ from tests.chat_drivers import (
     until,
 )
 from tests.fakes.slack_workspace import SIGNING_SECRET, sign
-from tests.harness import free_port, running_app, test_settings
+from tests.harness import free_port, quiet, running_app, test_settings
 from tests.slack_support import drop_proxies
 from tests.storage_support import BACKENDS, database_url
 
@@ -205,7 +204,7 @@ async def test_slack_http_refuses_bad_requests_and_takes_a_replay_once(
         assert statuses == [200, 200, 200]
         reply = await ws.ephemeral(rid)
         assert "deleted 1" in reply["text"]
-        await asyncio.sleep(0.5)
+        await quiet(app)
         assert len(ws.api.responses[rid]) == 1  # ran once: no "deleted 0" for the replays
         assert await rows(app, "turns") == 0
 
@@ -216,7 +215,7 @@ async def test_slack_http_refuses_bad_requests_and_takes_a_replay_once(
         for _ in range(2):
             assert await post(ws.http_url, body, signed, "application/json") == 200
         assert await until(lambda: _rows_at_least(app, 1), 20)
-        await asyncio.sleep(0.5)
+        await quiet(app)
         assert await rows(app, "turns", "user_id = :u", u="U0REPLAY") == 1
         assert len(ws.api.bot_messages("D0REPLAY")) == 1
 
@@ -263,14 +262,14 @@ async def test_telegram_webhook_refuses_wrong_secrets_and_takes_an_update_once(
         ):
             async with http.post(url, json=update, headers=headers, params=params) as response:
                 assert response.status in (401, 403), (headers, params)
-        await asyncio.sleep(0.3)
+        await quiet(app)
         assert fake.bot_messages(4242) == [] and await rows(app, "turns") == 0
 
         for _ in range(2):  # a redelivery of the same update (same update_id)
             async with http.post(url, json=update, headers={header: secret}) as response:
                 assert response.status == 200
         assert await until(lambda: _rows_at_least(app, 1), 20)
-        await asyncio.sleep(0.5)
+        await quiet(app)
         assert await rows(app, "turns") == 1 and len(fake.bot_messages(4242)) == 1
 
 

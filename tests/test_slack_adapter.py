@@ -13,7 +13,8 @@ import pytest
 from adapters.slack.render import to_mrkdwn
 from adapters.slack.sender import THINKING
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.slack_support import eventually, running, settle, workspace
+from tests.harness import quiet
+from tests.slack_support import eventually, running, workspace
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
@@ -53,7 +54,7 @@ async def test_mention_streams_the_answer_into_its_thread(ws: SlackWorkspace) ->
         assert len(reply.texts) > 2  # it streamed: first text, edits, the final rendering
         assert all(answer.startswith(t) for t in reply.texts[:-1])  # growing plain text
         assert not ws.api.main_line(CHANNEL)[1:]  # nothing outside the thread
-        await settle()
+        await quiet(core)
         assert len(core.handled) == 1  # app_mention + message event, and the bot's echoes
         assert ws.socket.unacked() == [] and ws.socket.bad_acks == []
 
@@ -99,7 +100,7 @@ async def test_thread_follow_ups_without_a_mention(ws: SlackWorkspace) -> None:
         # Chatter elsewhere is not for the bot: top level, or a thread it is not part of.
         other = await ws.say(CHANNEL, "lunch?", user="U0BOB")
         await ws.say(CHANNEL, "yes", thread_ts=other.ts)
-        await settle()
+        await quiet(core)
         assert len(core.handled) == 2
 
 
@@ -108,7 +109,7 @@ async def test_follow_ups_can_be_switched_off(ws: SlackWorkspace) -> None:
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> first question")
         await eventually(lambda: core.answered)
         await ws.say(CHANNEL, "a follow-up", thread_ts=asked.ts)
-        await settle()
+        await quiet(core)
         assert len(core.handled) == 1
 
 
@@ -137,7 +138,7 @@ async def test_bots_edits_deletions_and_files_are_not_questions(ws: SlackWorkspa
         await ws.say(DM, "gone", subtype="message_deleted")
         await ws.say(CHANNEL, "joined", subtype="channel_join", thread_ts=asked.ts)
         await ws.say(DM, f"<@{ws.bot}> from myself", user=ws.bot)
-        await settle()
+        await quiet(core)
         assert len(core.handled) == 1
         # A file alone reaches the core as an empty question (the core answers with a note).
         await ws.say(DM, "", subtype="file_share", files=[{"id": "F1", "name": "x.png"}])

@@ -19,12 +19,11 @@ from bot.types import ConversationKey
 from llm.base import GenerationRequest
 from tests.doubles import ScriptedEngine
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import Start, answers, running_app, stored, test_settings
+from tests.harness import Start, answers, quiet, running_app, stored, test_settings
 from tests.slack_support import (
     bot_starter,
     eventually,
     expected_messages,
-    settle,
     slack_env,
     workspace,
 )
@@ -112,7 +111,7 @@ async def test_follow_ups_keep_context_and_reset_clears_it(bot: Start, ws: Slack
         await ws.say(CHANNEL, f"<@{ws.bot}> reset", thread_ts=asked.ts)
         await eventually(lambda: any("forgotten" in t for t in thread_texts(ws, CHANNEL, asked.ts)))
         assert await answers(app, thread) == []
-        await settle()
+        await quiet(app)
         assert len(ws.api.main_line(CHANNEL)) == 2  # the two user messages, no bot posts
         # In a DM, /edgeqa reset clears the top-level conversation.
         await ws.say(DM, "remember me")
@@ -238,7 +237,7 @@ async def test_bot_messages_are_ignored(bot: Start, ws: SlackWorkspace) -> None:
             CHANNEL, f"<@{ws.bot}> I am a bot", user="U0OTHERBOT", bot_id="B0OTHER"
         )
         await ws.say(CHANNEL, "bot chatter", thread_ts=asked.ts, bot_id="B0OTHER")
-        await settle(1.0)
+        await quiet(app)
         assert ws.api.bot_messages(CHANNEL, other.ts) == []
         assert len(await answers(app, thread)) == 1
         # Its own posts and edits came back as events too, and were ignored.
@@ -256,7 +255,7 @@ async def test_outside_the_allow_list_is_ignored(bot: Start, ws: SlackWorkspace)
         await ws.say("D0MALLORY", "", user="U0MALLORY", subtype="file_share", files=[{"id": "F1"}])
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> and me?")
         await stored(app, key(ws, CHANNEL, asked.ts))
-        await settle()
+        await quiet(app)
         assert ws.api.bot_messages("C0SECRET") == []
         assert ws.api.bot_messages(CHANNEL, stranger.ts) == []
         assert ws.api.bot_messages("D0MALLORY") == []  # not even the note about files

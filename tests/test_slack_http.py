@@ -15,10 +15,10 @@ from adapters.slack import SlackAdapter
 from adapters.slack.render import to_mrkdwn
 from tests.fakes.common import serve
 from tests.fakes.slack_workspace import SlackWorkspace, sign
+from tests.harness import quiet
 from tests.slack_support import (
     ScriptedCore,
     eventually,
-    settle,
     slack_settings,
     workspace,
 )
@@ -85,7 +85,7 @@ async def test_bad_signatures_and_stale_timestamps_get_401(bot: Bot) -> None:
     for headers in (forged, tampered, stale, {}):
         status, _ = await bot.post(body, **headers)
         assert status == 401
-    await settle()
+    await quiet(bot.core)
     assert bot.core.handled == []
     status, _ = await bot.post(body, **good)
     assert status == 200
@@ -107,7 +107,7 @@ async def test_retried_events_are_answered_once(bot: Bot) -> None:
         status, _ = await bot.post(body, **headers)
         assert status == 200
     await eventually(lambda: bot.core.answered)
-    await settle()
+    await quiet(bot.core)
     assert len(bot.core.handled) == 1
 
 
@@ -134,5 +134,5 @@ async def test_unsigned_slash_command_changes_nothing(bot: Bot) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded", **sign(raw, 0)},
     ) as response:
         assert response.status == 401
-    await settle()
+    await quiet(bot.core)
     assert bot.core.commands == []
