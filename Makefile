@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck browser clean bench
+.PHONY: run test lint typecheck browser clean bench catalogs messages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(STAMP)
+# The bot's own texts in every language: bot/locales/<lang>/LC_MESSAGES/edgeqa.po compiled
+# to .mo (build output, not in git). Fails on a translation whose placeholders are broken.
+catalogs: $(STAMP)
+	$(BIN)/python -m bot.catalogs
+
+# After adding or changing a text in the code or the page: collect them all into the
+# template (edgeqa.pot) and merge it into every catalog; then translate what is new.
+messages: $(STAMP)
+	$(BIN)/pybabel --quiet extract -F babel.cfg -o bot/locales/edgeqa.pot \
+	  --project=edgeqa --add-comments=TRANSLATORS: --sort-by-file --width=100 .
+	$(BIN)/pybabel --quiet update -i bot/locales/edgeqa.pot -d bot/locales -D edgeqa \
+	  --no-fuzzy-matching --ignore-obsolete --width=100
+
+run: $(STAMP) catalogs
 	$(BIN)/edgeqa run
 
 # Headless Chromium for the browser-chat test (Debian's package; installed when missing and root).
@@ -29,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) browser lint typecheck
+test: $(STAMP) catalogs browser lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bot.i18n import AUTO, available_languages
 from knowledge.config import KnowledgeSettings
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
@@ -117,10 +118,24 @@ class EngineSettings(Section):
     openai_connect_retries: int = Field(3, ge=0)
 
 
+def _language(value: Any) -> Any:
+    """ "auto" (each user's own language) or a language with a catalog in bot/locales."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip().lower()
+    languages = available_languages()
+    if value != AUTO and value not in languages:
+        raise ValueError(f"use auto or one of: {', '.join(languages)}")
+    return value
+
+
 class BotSettings(Section):
     system_prompt: str = (
-        "You are edgeqa, a helpful assistant in a company chat. Answer clearly and concisely."
+        "You are edgeqa, a helpful assistant in a company chat. Answer clearly and concisely, "
+        "in the language the question is written in."
     )
+    # The language of the bot's own texts: "auto" follows each user's platform language.
+    language: Annotated[str, BeforeValidator(_language)] = AUTO
     context_tokens: int = Field(2048, ge=128)
     rate_limit_per_minute: int = Field(10, ge=0)
     max_question_chars: int = Field(8000, ge=100)

@@ -37,6 +37,9 @@ class IncomingMessage:
     text: str
     is_direct: bool = False
     message_id: str = ""
+    # The user's language as their platform reports it, an IETF tag ("zh-hans", "en-US");
+    # "" if unknown. The core answers in it where it has a catalog (bot.i18n).
+    language: str = ""
 
 
 @dataclass(frozen=True, slots=True)

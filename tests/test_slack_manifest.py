@@ -22,6 +22,7 @@ def test_manifest_matches_the_adapter() -> None:
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     needed = {"app_mentions:read", "channels:history", "groups:history", "im:history"}
     assert scopes >= needed | {"chat:write", "commands"}
+    assert "users:read" in scopes  # users.info with include_locale: who speaks which language
     [command] = manifest["features"]["slash_commands"]
     assert command["command"] == SlackSettings().command
     assert command["should_escape"] is True  # forget <@U123|name> arrives with the user id

@@ -10,6 +10,7 @@ the model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -29,9 +30,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterLimits, CoreHandler
 from adapters.base import StartError as BaseStartError
+from adapters.slack.locales import UserLocales
 from adapters.slack.render import mentions, to_mrkdwn, to_plain
-from adapters.slack.sender import SlackSender
+from adapters.slack.sender import THINKING, SlackSender
 from bot.config import Settings
+from bot.i18n import N_, Catalogs
 from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,12 @@ SLACK_API = "https://slack.com/api/"
 # keeps "/reset" for its own slash commands, and those cannot be used inside threads.
 WORD_COMMANDS = {"help", "reset", "stop"}
 THREAD_COMMANDS = {"/reset", "/stop"}
-THREAD_HINT = (
+THREAD_HINT = N_(
     "In a channel every conversation is a thread, and slash commands can't tell which one. "
-    "Write `<@{bot}> reset` in the thread you want me to forget, or `<@{bot}> stop` in the "
+    "Write `<@%(bot)s> reset` in the thread you want me to forget, or `<@%(bot)s> stop` in the "
     "thread whose answer should stop."
 )
+FAILED = N_("Sorry, that did not work.")
 _HANDLED_SUBTYPES = {None, "thread_broadcast", "file_share"}
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 REPLAY_WINDOW = 5 * 60.0  # seconds: Bolt refuses requests signed longer ago (or ahead)
@@ -132,6 +136,8 @@ class SlackAdapter:
         self._app.event("message")(self._on_message)
         self._app.command(section.command)(self._on_command)
         self._sender = SlackSender(self._client, section)
+        self._catalogs = Catalogs(settings.bot.language)
+        self._locales = UserLocales(self._client)
         self._handler: CoreHandler | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -251,7 +257,13 @@ class SlackAdapter:
 
         async def run() -> None:
             try:
-                await handler.handle(msg)
+                language = await self._locales.of(msg.user_id)
+                thinking = self._catalogs.for_tag(language).gettext(THINKING)
+                known = self._sender.thinking
+                known[(msg.key.channel, msg.key.thread)] = thinking
+                if len(known) > 10_000:
+                    del known[next(iter(known))]
+                await handler.handle(dataclasses.replace(msg, language=language))
             except Exception:
                 log.exception("answering %s failed", msg.key)
 
@@ -360,16 +372,20 @@ class SlackAdapter:
         )
 
         async def run() -> None:
+            language = await self._locales.of(msg.user_id)
+            texts = self._catalogs.for_tag(language)
             if not direct and text.split()[0] in THREAD_COMMANDS:
                 # A slash command does not say which thread it was typed next to, and in a
                 # channel every conversation is a thread: point to the way that works.
-                reply = THREAD_HINT.format(bot=self.bot_user_id)
+                reply = texts.gettext(THREAD_HINT, bot=self.bot_user_id)
             else:
                 try:
-                    reply = to_mrkdwn(await handler.command(msg))
+                    reply = to_mrkdwn(
+                        await handler.command(dataclasses.replace(msg, language=language))
+                    )
                 except Exception:
                     log.exception("slash command failed")
-                    reply = "Sorry, that did not work."
+                    reply = texts.gettext(FAILED)
             await respond(text=reply, response_type="ephemeral")
 
         self._spawn(run())

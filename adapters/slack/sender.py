@@ -30,11 +30,12 @@ from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.slack.budget import EditBudget
 from adapters.slack.render import escape, to_mrkdwn
 from bot.config import SlackSettings
+from bot.i18n import N_
 from bot.types import ConversationKey, MessageRef
 
 log = logging.getLogger(__name__)
 
-THINKING = "is thinking…"
+THINKING = N_("is thinking…")  # after the bot's name, as Slack shows a status
 STREAM_APPENDS_PER_MINUTE = 100  # chat.appendStream is Tier 4 (100+ a minute)
 KNOWN = 10_000  # timestamps of messages we posted, remembered to tell them from lost posts
 STATUS_RETRY = 600.0  # seconds before setStatus is tried again in a channel that refused it
@@ -123,6 +124,8 @@ class SlackSender:
         self._native = settings.native_streaming
         self._recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
         self._asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
+        # (channel, thread) -> "is thinking…" in the asking user's language
+        self.thinking: dict[tuple[str, str], str] = {}
         self._team_id = ""
         self._bot_user_id = ""
 
@@ -372,13 +375,14 @@ class SlackSender:
         if lost := await self._adopt_lost_post(key, after):
             self._placeholders[(key, after)] = _done(lost)
             return
+        thinking = self.thinking.get((key.channel, key.thread), THINKING)
         if key.thread and time.monotonic() >= self._no_status.get(key.channel, 0.0):
             try:
                 await self._api(
                     "assistant.threads.setStatus",
                     channel_id=key.channel,
                     thread_ts=key.thread,
-                    status=THINKING,
+                    status=thinking,
                 )
                 return
             except SlackRefused as exc:
@@ -391,7 +395,7 @@ class SlackSender:
                     STATUS_RETRY,
                 )
                 self._no_status[key.channel] = time.monotonic() + STATUS_RETRY
-        posting = asyncio.ensure_future(self._post(key, f"_{THINKING}_", after))
+        posting = asyncio.ensure_future(self._post(key, f"_{thinking}_", after))
         posting.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._placeholders[(key, after)] = posting
         # Shielded: when the first words cancel the typing loop mid-call, Slack may still

@@ -56,6 +56,7 @@ from adapters.telegram.routing import (
 )
 from bot.commands import COMMANDS
 from bot.config import Settings
+from bot.i18n import N_, Catalogs, Texts
 from bot.types import ConversationKey, IncomingMessage, MessageRef
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,13 @@ TELEGRAM_LIMIT = 4096  # characters per message, after entity parsing
 ACTIVE_FOR = 10.0  # seconds a group conversation counts as streaming after its last write
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]  # edits, channel posts, reactions... never reach us
-TEXT_ONLY = "I can only read text messages — please type your question."
+TEXT_ONLY = N_("I can only read text messages — please type your question.")
+
+
+def _language_of(message: Any) -> str:
+    """The sender's Telegram app language (an IETF tag such as "zh-hans"), "" if not sent."""
+    user = message.from_user
+    return str(user.language_code or "") if user is not None else ""
 
 
 UNKNOWN_MESSAGE = 0  # a message sent whose reply (and so its id) could not be read
@@ -99,6 +106,7 @@ class TelegramAdapter:
         if self._webhook:
             builder = builder.updater(None)
         self._app = builder.build()
+        self._catalogs = Catalogs(settings.bot.language)
         self._app.add_handler(TypeHandler(Update, self._on_update))
         self._app.add_error_handler(self._on_error)
         self.limits = AdapterLimits(
@@ -178,26 +186,34 @@ class TelegramAdapter:
         """The "/" menu: everyone sees the user commands; admins, in their private chat with
         the bot, also see the admin ones."""
 
-        def menu(admin: bool) -> list[BotCommand]:
+        def menu(admin: bool, texts: Texts) -> list[BotCommand]:
             return [
-                BotCommand(spec.name.replace("-", ""), spec.summary_for(PLATFORM))
+                BotCommand(spec.name.replace("-", ""), texts.gettext(spec.summary_for(PLATFORM)))
                 for spec in COMMANDS.values()
                 if admin or not spec.admin
             ]
 
-        try:
-            await self._app.bot.set_my_commands(menu(admin=False))
-        except TelegramError as exc:
-            log.warning("telegram: could not register the command menu: %s", exc)
-        for admin in self._tg.admins:
-            if not admin.lstrip("-").isdigit():
-                continue
+        # One menu per language: Telegram shows a user the one for their app's language
+        # (the default menu, in English, to everyone else).
+        languages = [("", self._catalogs.texts(self._catalogs.choose([])))]
+        if self._catalogs.forced == "auto":
+            languages += [(lang, self._catalogs.texts(lang)) for lang in self._catalogs.languages]
+        for code, texts in languages:
             try:
-                await self._app.bot.set_my_commands(
-                    menu(admin=True), scope=BotCommandScopeChat(int(admin))
-                )
-            except TelegramError as exc:  # the admin never opened a chat with the bot
-                log.info("telegram: admin menu for %s not set: %s", admin, exc)
+                await self._app.bot.set_my_commands(menu(False, texts), language_code=code or None)
+            except TelegramError as exc:
+                log.warning("telegram: could not register the command menu: %s", exc)
+            for admin in self._tg.admins:
+                if not admin.lstrip("-").isdigit():
+                    continue
+                try:
+                    await self._app.bot.set_my_commands(
+                        menu(True, texts),
+                        scope=BotCommandScopeChat(int(admin)),
+                        language_code=code or None,
+                    )
+                except TelegramError as exc:  # the admin never opened a chat with the bot
+                    log.info("telegram: admin menu for %s not set: %s", admin, exc)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -238,7 +254,8 @@ class TelegramAdapter:
         chat_id, user_id = message.chat.id, message.from_user.id if message.from_user else 0
         if isinstance(route, Unsupported):
             if self._allowed(user_id, chat_id):
-                self._spawn(self.send(route.key, TEXT_ONLY, final=True))
+                texts = self._catalogs.for_tag(_language_of(message))
+                self._spawn(self.send(route.key, texts.gettext(TEXT_ONLY), final=True))
             return
         if route is None or not route.text:
             log.debug("telegram: update %s in chat %s not for us", update.update_id, chat_id)
@@ -254,6 +271,7 @@ class TelegramAdapter:
             text=route.text,
             is_direct=route.is_direct,
             message_id=str(message.message_id),
+            language=_language_of(message),
         )
 
     def _allowed(self, user_id: int, chat_id: int) -> bool:

@@ -18,6 +18,7 @@ from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
 from adapters.web.routes import WebRoutes
 from adapters.web.state import LiveState
 from bot.config import Settings
+from bot.i18n import N_, Catalogs
 from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "web"
 # Larger than any answer the model writes in one go; a browser has no real limit.
 MAX_MESSAGE_LEN = 20_000
-FAILED = "Sorry, something went wrong while answering. Please try again."
+FAILED = N_("Sorry, something went wrong while answering. Please try again.")
 
 
 class WebChatAdapter:
@@ -41,6 +42,7 @@ class WebChatAdapter:
             has_typing=True,
         )
         self.state = LiveState()
+        self.catalogs = Catalogs(settings.bot.language)
         self.handler: CoreHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         token = settings.web_token.get_secret_value() if settings.web_token else None
@@ -68,8 +70,9 @@ class WebChatAdapter:
 
     # --- questions from the page ---------------------------------------------------------
 
-    def ask(self, key: ConversationKey, text: str) -> str:
-        """Hand a question (or a typed command) to the core in its own task; returns its id."""
+    def ask(self, key: ConversationKey, text: str, *, language: str = "") -> str:
+        """Hand a question (or a typed command) to the core in its own task; returns its id.
+        `language` is the browser's (from Accept-Language), for the bot's replies."""
         message_id = uuid.uuid4().hex
         msg = IncomingMessage(
             key=key,
@@ -77,6 +80,7 @@ class WebChatAdapter:
             text=text,
             is_direct=True,
             message_id=message_id,
+            language=language,
         )
         self.state.ask(key, message_id, text)
         task = asyncio.create_task(self._answer(msg), name=f"web-ask-{message_id}")
@@ -93,7 +97,8 @@ class WebChatAdapter:
             raise
         except Exception:
             log.exception("answering a browser question failed (%s)", msg.key)
-            ref = await self.send(msg.key, FAILED, reply_to=msg.message_id, final=True)
+            failed = self.catalogs.for_tag(msg.language).gettext(FAILED)
+            ref = await self.send(msg.key, failed, reply_to=msg.message_id, final=True)
             log.debug("told the page about the failure in %s", ref.message_id)
         finally:
             self.state.finish(msg.key, msg.message_id, command=msg.text.startswith("/"))

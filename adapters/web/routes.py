@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from adapters.web.page import PageRenderer
+from bot.i18n import N_, Texts
 from bot.text import clean_text
 from bot.types import ConversationKey
 from storage.base import Turn
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+BAD_IDS = N_("browser and thread must be 8-64 letters, digits, - or _")
 MAX_TEXT_CHARS = 32_000  # above bot.max_question_chars so the core explains a long question
 MAX_BODY_BYTES = 4 * MAX_TEXT_CHARS + 1024
 MAX_RUNNING_PER_THREAD = 8
@@ -91,6 +94,7 @@ class WebRoutes:
             else None
         )
         self.files = _static_files()
+        self.renderer = PageRenderer(self.files["index.html"].decode())
 
     def mount(self, app: web.Application) -> None:
         app.router.add_get("/", self._guard(self.page))
@@ -109,11 +113,13 @@ class WebRoutes:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.token is None:
                 if not _loopback_name(request.url.host):
-                    return _error(403, "the browser chat answers only on a loopback address")
+                    message = N_("the browser chat answers only on a loopback address")
+                    return self._error(request, 403, message)
             elif request.path == "/" and "token" in request.query:
                 return self._login(request)
             elif not self._authorized(request):
-                return _error(401, "open the chat once as /?token=<EDGEQA_WEB_TOKEN>")
+                message = N_("open the chat once as /?token=<EDGEQA_WEB_TOKEN>")
+                return self._error(request, 401, message)
             return await handler(request)
 
         return guarded
@@ -130,7 +136,7 @@ class WebRoutes:
         assert self.token is not None and self.session is not None
         given = request.query.get("token", "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return _error(401, "wrong token")
+            return self._error(request, 401, N_("wrong token"))
         response = web.Response(status=303, headers={**SECURITY_HEADERS, "Location": "/"})
         response.set_cookie(
             COOKIE,
@@ -142,12 +148,27 @@ class WebRoutes:
         )
         return response
 
+    # --- language ------------------------------------------------------------------------
+
+    def texts(self, request: web.Request) -> Texts:
+        """The browser's language (Accept-Language), for the page, its API and its questions."""
+        return self.adapter.catalogs.for_header(request.headers.get("Accept-Language", ""))
+
+    def _error(
+        self, request: web.Request, status: int, message: str, **values: object
+    ) -> web.Response:
+        return _error(status, self.texts(request).gettext(message, **values))
+
+    def _too_long(self, request: web.Request) -> web.Response:
+        message = N_("a message may have at most %(limit)d characters")
+        return self._error(request, 413, message, limit=MAX_TEXT_CHARS)
+
     # --- page ----------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         headers = {**SECURITY_HEADERS, "Content-Security-Policy": PAGE_CSP}
         return web.Response(
-            body=self.files["index.html"],
+            body=self.renderer.render(self.texts(request)),
             content_type="text/html",
             charset="utf-8",
             headers=headers,
@@ -156,7 +177,7 @@ class WebRoutes:
     async def asset(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in self.files or name == "index.html":
-            return _error(404, "no such file")
+            return self._error(request, 404, N_("no such file"))
         return web.Response(
             body=self.files[name],
             content_type=_content_type(name),
@@ -168,45 +189,46 @@ class WebRoutes:
 
     async def ask(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/json":
-            return _error(415, "send JSON: {browser, thread, text}")
+            return self._error(request, 415, N_("send JSON: {browser, thread, text}"))
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+            return self._too_long(request)
         body = await request.read()
         if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+            return self._too_long(request)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "not JSON")
+            return self._error(request, 400, N_("not JSON"))
         if not isinstance(data, dict):
-            return _error(400, "send a JSON object: {browser, thread, text}")
+            return self._error(request, 400, N_("send a JSON object: {browser, thread, text}"))
         key = _key(data.get("browser"), data.get("thread"))
         if key is None:
-            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+            return self._error(request, 400, BAD_IDS)
         text = data.get("text")
         if not isinstance(text, str):
-            return _error(400, "the message is empty")
+            return self._error(request, 400, N_("the message is empty"))
         # As the core will store it (no NUL, no lone surrogates), so the question shown live
         # matches the stored one and every event can be encoded as UTF-8.
         text = clean_text(text).strip()
         if not text:
-            return _error(400, "the message is empty")
+            return self._error(request, 400, N_("the message is empty"))
         if len(text) > MAX_TEXT_CHARS:
-            return _error(413, f"a message may have at most {MAX_TEXT_CHARS} characters")
+            return self._too_long(request)
         if self.adapter.handler is None:
-            return _error(503, "the bot is starting or stopping")
+            return self._error(request, 503, N_("the bot is starting or stopping"))
         if self.adapter.state.running(key) >= MAX_RUNNING_PER_THREAD:
-            return _error(429, "this thread already has several questions waiting")
-        message_id = self.adapter.ask(key, text)
+            message = N_("this thread already has several questions waiting")
+            return self._error(request, 429, message)
+        message_id = self.adapter.ask(key, text, language=self.texts(request).language)
         return web.json_response({"id": message_id}, status=202, headers=SECURITY_HEADERS)
 
     async def history(self, request: web.Request) -> web.StreamResponse:
         key = _key(request.query.get("browser"), request.query.get("thread"))
         if key is None:
-            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+            return self._error(request, 400, BAD_IDS)
         handler = self.adapter.handler
         if handler is None:
-            return _error(503, "the bot is starting or stopping")
+            return self._error(request, 503, N_("the bot is starting or stopping"))
         state = self.adapter.state
         since = state.seq
         turns = list(await handler.history(key))
@@ -231,11 +253,11 @@ class WebRoutes:
         or one thread with `&thread=`."""
         browser, thread = request.query.get("browser"), request.query.get("thread")
         if _key(browser, thread if thread is not None else browser) is None:
-            return _error(400, "browser and thread must be 8-64 letters, digits, - or _")
+            return self._error(request, 400, BAD_IDS)
         assert browser is not None
         state = self.adapter.state
         if state.subscriber_count >= MAX_STREAMS:
-            return _error(503, "too many open event streams")
+            return self._error(request, 503, N_("too many open event streams"))
         subscriber = state.subscribe(browser, thread)
         response = web.StreamResponse(
             headers={

@@ -82,6 +82,10 @@ class FakeSlackApi:
         self.status_error = ""  # e.g. "not_allowed": assistant.threads.setStatus refuses
         self.status_errors: dict[str, str] = {}  # the same, in one channel only
         self.stream_error = ""  # e.g. "unknown_method": no native streaming
+        # users.info: user id -> locale ("zh-CN"); the bot token's scopes (without
+        # users:read, Slack answers missing_scope).
+        self.locales: dict[str, str] = {}
+        self.scopes = {"chat:write", "commands", "app_mentions:read", "users:read"}
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self.faults: list[Fault] = []
         self.on_bot_message: Callable[[Message, str], None] | None = None
@@ -226,6 +230,26 @@ class FakeSlackApi:
     async def _m_apps_connections_open(self, params: dict[str, Any]) -> web.Response:
         url = await self.socket_url() if callable(self.socket_url) else self.socket_url
         return _ok(url=url)
+
+    def _m_users_info(self, params: dict[str, Any]) -> web.Response:
+        """Slack's users.info: the locale only with include_locale=true, the scope needed."""
+        if "users:read" not in self.scopes:
+            provided = ",".join(sorted(self.scopes))
+            return _ok(False, error="missing_scope", needed="users:read", provided=provided)
+        user = str(params.get("user", ""))
+        if not user.startswith(("U", "W")):
+            return _ok(False, error="user_not_found")
+        info: dict[str, Any] = {
+            "id": user,
+            "team_id": self.team_id,
+            "name": user.lower(),
+            "deleted": False,
+            "is_bot": False,
+            "tz": "Asia/Shanghai",
+        }
+        if str(params.get("include_locale", "")).lower() in ("true", "1"):
+            info["locale"] = self.locales.get(user, "en-US")
+        return _ok(user=info)
 
     def _listed(self, message: Message) -> dict[str, Any]:
         listed: dict[str, Any] = {"type": "message", "ts": message.ts, "text": message.text}

@@ -13,6 +13,12 @@
   const TAB_THREAD = "edgeqa.thread";
   const TAB_PANES = "edgeqa.panes";
   const MAX_THREADS = 30;
+  // How a stored answer that did not end normally is marked.
+  const STATUS_TAGS = {
+    stopped: gettext("(stopped)"),
+    interrupted: gettext("(interrupted)"),
+    error: gettext("(failed)"),
+  };
 
   const panesEl = document.getElementById("panes");
   const threadsEl = document.getElementById("threads");
@@ -40,7 +46,7 @@
     localStorage.setItem(BROWSER_KEY, browserId);
   }
 
-  document.getElementById("me").textContent = `you: ${browserId}`;
+  document.getElementById("me").textContent = gettext("you: %(id)s", { id: browserId });
 
   // --- the list of this browser's threads (shared by its tabs) -------------------------
 
@@ -64,7 +70,7 @@
       const button = document.createElement("button");
       button.type = "button";
       button.dataset.thread = t.id;
-      button.textContent = t.title || "New thread";
+      button.textContent = t.title || gettext("New thread");
       button.title = t.title || t.id;
       button.classList.toggle("open", panes.has(t.id));
       button.addEventListener("click", () => openPane(t.id, true));
@@ -109,7 +115,9 @@
       this.textarea = this.root.querySelector("textarea");
       this.titleEl = this.root.querySelector(".pane-title");
       this.connEl = this.root.querySelector(".conn");
-      this.titleEl.textContent = (threads().find((t) => t.id === id) || {}).title || "New thread";
+      const title = (threads().find((t) => t.id === id) || {}).title;
+      this.titled = Boolean(title);
+      this.titleEl.textContent = title || gettext("New thread");
       this.seqs = new Map(); // reply id -> latest seq shown
       this.replies = new Map(); // reply id -> its element
       this.buffer = null; // events that arrive while the history loads
@@ -166,7 +174,7 @@
       } catch (err) {
         if (generation === this.generation) {
           this.buffer = null;
-          this.status(`Could not load the history: ${err.message}`);
+          this.status(gettext("Could not load the history: %(error)s", { error: err.message }));
         }
         return;
       }
@@ -183,10 +191,16 @@
         if (turn.status !== "complete") {
           const tag = document.createElement("span");
           tag.className = "tag";
-          tag.textContent = `(${turn.status})`;
+          tag.textContent = STATUS_TAGS[turn.status] || `(${turn.status})`;
           bot.append(tag);
         }
-        if (turn.tokens) group.querySelector(".meta").textContent = `${turn.tokens} tokens`;
+        if (turn.tokens) {
+          group.querySelector(".meta").textContent = ngettext(
+            "%(n)d token",
+            "%(n)d tokens",
+            turn.tokens,
+          );
+        }
       }
       for (const ex of data.live) {
         if (ex.question !== null) this.apply({ type: "question", id: ex.id, text: ex.question });
@@ -200,7 +214,7 @@
       const buffered = this.buffer;
       this.buffer = null;
       for (const ev of buffered) if (ev.seq > data.seq) this.apply(ev); // older: in `data`
-      if (data.turns.length && this.titleEl.textContent === "New thread") {
+      if (data.turns.length && !this.titled) {
         this.setTitle(data.turns[0].question);
       }
       this.scroll(true);
@@ -234,7 +248,7 @@
         const group = ev.question && this.find(ev.question);
         if (group && !group.querySelector(".msg.bot")) {
           group.dataset.waiting = "1";
-          group.querySelector(".meta").textContent = "thinking…";
+          group.querySelector(".meta").textContent = gettext("thinking…");
         }
       } else if (ev.type === "progress") {
         const group = ev.question && this.find(ev.question);
@@ -293,7 +307,8 @@
     }
 
     setTitle(text) {
-      if (this.titleEl.textContent !== "New thread") return;
+      if (this.titled) return;
+      this.titled = true;
       const title = text.length > 40 ? `${text.slice(0, 40)}…` : text;
       this.titleEl.textContent = title;
       remember(this.id, title);
@@ -311,12 +326,12 @@
           body: JSON.stringify({ browser: browserId, thread: this.id, text }),
         });
       } catch (err) {
-        this.status(`Could not send: ${err.message}`);
+        this.status(gettext("Could not send: %(error)s", { error: err.message }));
         return;
       }
       const body = await response.json().catch(() => ({}));
       if (response.status !== 202) {
-        this.status(body.error || `Could not send (${response.status})`);
+        this.status(body.error || gettext("Could not send (%(status)s)", { status: response.status }));
         return;
       }
       if (raw === this.textarea.value) this.textarea.value = "";
@@ -340,10 +355,12 @@
 
   function describe(ev) {
     if (ev.queue_position !== null && ev.queue_position !== undefined && !ev.tokens) {
-      return `waiting in queue, position ${ev.queue_position}`;
+      return gettext("waiting in queue, position %(position)s", { position: ev.queue_position });
     }
-    const speed = ev.tokens_per_second ? ` · ${ev.tokens_per_second.toFixed(1)} tokens/s` : "";
-    return `${ev.tokens} tokens${speed}`;
+    const tokens = ngettext("%(n)d token", "%(n)d tokens", ev.tokens);
+    if (!ev.tokens_per_second) return tokens;
+    const speed = ev.tokens_per_second.toFixed(1);
+    return gettext("%(tokens)s · %(speed)s tokens/s", { tokens, speed });
   }
 
   // --- the event stream --------------------------------------------------------------
