@@ -77,6 +77,8 @@ def _placeholder_problems(message: Message, po: Path, plural_count: int) -> Iter
         return
     singular, plural = message.id[0], message.id[1]
     forms = _forms(message)
+    if not any(forms):
+        return  # not translated: shown in English
     if len(forms) != plural_count or not all(forms):
         yield Problem(po, message.lineno, msgid, f"needs {plural_count} plural forms")
         return

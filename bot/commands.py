@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.text import plural
+from bot.i18n import N_, Texts
 from bot.types import CommandSyntax, IncomingMessage
 from llm.base import Engine
 from storage.base import Repository, Scope
@@ -52,6 +52,7 @@ class CommandContext:
     is_admin: bool
     syntax: CommandSyntax
     core: Core
+    texts: Texts  # the asker's language
 
 
 Handler = Callable[[CommandContext], Awaitable[str]]
@@ -79,39 +80,39 @@ class CommandSpec:
 
 
 async def _help(ctx: CommandContext) -> str:
-    return help_text(ctx.msg.key.platform, ctx.is_admin, ctx.syntax)
+    return help_text(ctx.msg.key.platform, ctx.is_admin, ctx.syntax, ctx.texts)
 
 
 async def _reset(ctx: CommandContext) -> str:
     removed = await ctx.core.repo.reset(ctx.msg.key)
-    return plural(
+    return ctx.texts.ngettext(
+        "Done — I've forgotten this thread (%(n)d earlier question).",
+        "Done — I've forgotten this thread (%(n)d earlier questions).",
         removed,
-        "Done — I've forgotten this thread ({n} earlier question).",
-        "Done — I've forgotten this thread ({n} earlier questions).",
     )
 
 
 async def _stop(ctx: CommandContext) -> str:
     if await ctx.core.stop_answer(ctx.msg):
-        return "Stopped."
-    return "Nothing to stop: I'm not writing an answer in this thread."
+        return ctx.texts.gettext("Stopped.")
+    return ctx.texts.gettext("Nothing to stop: I'm not writing an answer in this thread.")
 
 
 async def _reset_all(ctx: CommandContext) -> str:
     key = ctx.msg.key
     if key.workspace:
         removed = await ctx.core.repo.reset_scope(Scope(key.platform, workspace=key.workspace))
-        return plural(
+        return ctx.texts.ngettext(
+            "Done — I've forgotten the %(n)d conversation in this workspace.",
+            "Done — I've forgotten all %(n)d conversations in this workspace.",
             removed,
-            "Done — I've forgotten the {n} conversation in this workspace.",
-            "Done — I've forgotten all {n} conversations in this workspace.",
         )
     scope = Scope(key.platform, workspace=key.workspace, channel=key.channel)
     removed = await ctx.core.repo.reset_scope(scope)
-    return plural(
+    return ctx.texts.ngettext(
+        "Done — I've forgotten the %(n)d conversation in this chat.",
+        "Done — I've forgotten all %(n)d conversations in this chat.",
         removed,
-        "Done — I've forgotten the {n} conversation in this chat.",
-        "Done — I've forgotten all {n} conversations in this chat.",
     )
 
 
@@ -121,17 +122,41 @@ async def _stats(ctx: CommandContext) -> str:
     speed = engine.stats()
     now = ctx.core.activity()
     uptime = int(now.uptime)
+    texts = ctx.texts
+    prompt, generated = f"{stored.prompt_tokens:,}", f"{stored.completion_tokens:,}"
+    reused = f"{speed.reused_tokens:,}"
     return "\n".join(
         [
-            f"Conversations: {stored.conversations} · turns: {stored.turns}",
-            f"Tokens: {stored.prompt_tokens:,} prompt · {stored.completion_tokens:,} generated",
-            f"Queue: {now.waiting + speed.queued} waiting · {now.answering} answering",
-            f"Engine ({engine.name}): answers written at "
-            f"{speed.answer_tokens_per_second:.1f} tokens/s each, "
-            f"{speed.tokens_per_second:.1f} tokens/s in all while busy · "
-            f"first token {speed.mean_time_to_first_token:.2f} s on average · "
-            f"{speed.reused_tokens:,} prompt tokens reused from cache",
-            f"Up for {uptime // 3600}h {uptime % 3600 // 60}m",
+            texts.gettext(
+                "Conversations: %(conversations)d · turns: %(turns)d",
+                conversations=stored.conversations,
+                turns=stored.turns,
+            ),
+            texts.gettext(
+                "Tokens: %(prompt)s prompt · %(generated)s generated",
+                prompt=prompt,
+                generated=generated,
+            ),
+            texts.gettext(
+                "Queue: %(waiting)d waiting · %(answering)d answering",
+                waiting=now.waiting + speed.queued,
+                answering=now.answering,
+            ),
+            texts.gettext(
+                "Engine (%(engine)s): answers written at %(each).1f tokens/s each, "
+                "%(all).1f tokens/s in all while busy · first token %(first).2f s on "
+                "average · %(reused)s prompt tokens reused from cache",
+                engine=engine.name,
+                each=speed.answer_tokens_per_second,
+                all=speed.tokens_per_second,
+                first=speed.mean_time_to_first_token,
+                reused=reused,
+            ),
+            texts.gettext(
+                "Up for %(hours)dh %(minutes)dm",
+                hours=uptime // 3600,
+                minutes=uptime % 3600 // 60,
+            ),
         ]
     )
 
@@ -139,12 +164,13 @@ async def _stats(ctx: CommandContext) -> str:
 async def _forget(ctx: CommandContext) -> str:
     user = parse_user_ref(ctx.args)
     if user is None:
-        return "Usage: {usage} (or a user id).".format(usage=ctx.syntax.usage(COMMANDS["forget"]))
+        usage = usage_of(COMMANDS["forget"], ctx.syntax, ctx.texts)
+        return ctx.texts.gettext("Usage: %(usage)s (or a user id).", usage=usage)
     removed = await ctx.core.repo.forget_user(ctx.msg.key.platform, user)
-    return plural(
+    return ctx.texts.ngettext(
+        "Done — I've deleted %(n)d question from %(user)s.",
+        "Done — I've deleted %(n)d questions from %(user)s.",
         removed,
-        "Done — I've deleted {n} question from {user}.",
-        "Done — I've deleted {n} questions from {user}.",
         user=user,
     )
 
@@ -152,20 +178,26 @@ async def _forget(ctx: CommandContext) -> str:
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
-        CommandSpec("help", False, "what I can do", _help),
-        CommandSpec("reset", False, "forget this thread's context", _reset, in_thread=True),
+        CommandSpec("help", False, N_("what I can do"), _help),
+        CommandSpec("reset", False, N_("forget this thread's context"), _reset, in_thread=True),
         CommandSpec(
-            "stop", False, "stop the answer being written in this thread", _stop, in_thread=True
+            "stop",
+            False,
+            N_("stop the answer being written in this thread"),
+            _stop,
+            in_thread=True,
         ),
         CommandSpec(
             "reset-all",
             True,
-            "forget every conversation in this chat",
+            N_("forget every conversation in this chat"),
             _reset_all,
-            summaries={"slack": "forget every conversation in this workspace"},
+            summaries={"slack": N_("forget every conversation in this workspace")},
         ),
-        CommandSpec("stats", True, "conversations, turns, tokens, queue, engine speed", _stats),
-        CommandSpec("forget", True, "delete everything a user has asked", _forget, args="@user"),
+        CommandSpec("stats", True, N_("conversations, turns, tokens, queue, engine speed"), _stats),
+        CommandSpec(
+            "forget", True, N_("delete everything a user has asked"), _forget, args=N_("@user")
+        ),
     )
 }
 
@@ -207,23 +239,35 @@ async def execute(command: Command, ctx: CommandContext) -> str:
     """Run `command` for `ctx.msg`: unknown commands and non-admins get a short refusal."""
     spec = command.spec
     if spec is None:
-        return "I don't know the command {command}. Try {help}.".format(
-            command=ctx.syntax.chat + command.name, help=ctx.syntax.of(COMMANDS["help"])
+        return ctx.texts.gettext(
+            "I don't know the command %(command)s. Try %(help)s.",
+            command=ctx.syntax.chat + command.name,
+            help=ctx.syntax.of(COMMANDS["help"]),
         )
     if spec.admin and not ctx.is_admin:
-        return f"Sorry, {ctx.syntax.of(spec)} is for admins only."
+        return ctx.texts.gettext(
+            "Sorry, %(command)s is for admins only.", command=ctx.syntax.of(spec)
+        )
     return await spec.run(ctx)
 
 
-def help_text(platform: str, is_admin: bool, syntax: CommandSyntax) -> str:
-    lines = ["Ask me anything in this thread and I'll answer here. Commands:"]
+def usage_of(spec: CommandSpec, syntax: CommandSyntax, texts: Texts) -> str:
+    """ "/forget @user" as typed on the platform, its argument in the reader's language."""
+    return f"{syntax.of(spec)} {texts.gettext(spec.args) if spec.args else ''}".rstrip()
+
+
+def help_text(platform: str, is_admin: bool, syntax: CommandSyntax, texts: Texts) -> str:
+    lines = [texts.gettext("Ask me anything in this thread and I'll answer here. Commands:")]
     for spec in COMMANDS.values():
         if spec.admin and not is_admin:
             continue
-        summary = spec.summary_for(platform)
+        usage = usage_of(spec, syntax, texts)
+        summary = texts.gettext(spec.summary_for(platform))
         if spec.admin:
-            summary = f"{summary} (admins)"
-        lines.append(f"{syntax.usage(spec)} — {summary}")
+            line = texts.gettext("%(usage)s — %(summary)s (admins)", usage=usage, summary=summary)
+        else:
+            line = texts.gettext("%(usage)s — %(summary)s", usage=usage, summary=summary)
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from adapters.base import (
     Refused,
     ShowsProgress,
 )
+from bot.i18n import N_, Texts, english
 from bot.types import ConversationKey, MessageRef, Progress
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TYPING_EVERY = 4.0  # Telegram's typing action lasts ~5 s; Slack's status until replaced.
-THINKING = "💭 Thinking…"
+THINKING = N_("💭 Thinking…")
 MIN_PIECE = 64  # never split messages smaller than this, however small the limit gets
 FIRST_WORDS = 3  # the first text goes out once it has this many whole words...
 FIRST_CHARS = 12  # ...or this many characters (scripts without spaces: Chinese, Japanese)
@@ -86,7 +87,10 @@ class StreamFlusher:
         give_up_after: float = 120.0,
         on_edit: Callable[[], None] | None = None,
         clock: Callable[[], float] | None = None,
+        texts: Texts | None = None,
     ) -> None:
+        # The asker's language, for the texts the core and the flusher show around the answer.
+        self.texts = texts or english()
         self._adapter = adapter
         self._key = key
         self._reply_to = reply_to
@@ -128,7 +132,7 @@ class StreamFlusher:
         """Keep the platform's typing indicator on until the first text arrives (and turn a
         queue placeholder into a "thinking" one)."""
         if self._status:
-            self.status(THINKING)
+            self.status(self.texts.gettext(THINKING))
         if self._adapter.limits.has_typing and self._typing_task is None and not self._text:
             self._typing_task = asyncio.create_task(self._typing())
 

@@ -19,27 +19,30 @@ from bot.access import AccessPolicy
 from bot.commands import Activity, Command, CommandContext, execute, parse_command
 from bot.config import Settings
 from bot.flusher import DeliveryFailed, StreamFlusher
+from bot.i18n import N_, Catalogs, Texts
 from bot.metrics import Metrics
 from bot.prompt import Prompt, build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
-from bot.text import clean_text, plural
+from bot.text import clean_text
 from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress
 from llm.base import Engine, EngineBusy, EngineError, GenerationRequest, RequestStats
 from storage.base import Repository, Turn, TurnStatus
 
 log = logging.getLogger(__name__)
 
-STOPPED_MARK = "\n\n⏹ _(stopped)_"
-INTERRUPTED_MARK = "\n\n⚠️ _(cut short: the bot is restarting)_"
-ERROR_MARK = "\n\n⚠️ _(something went wrong while answering; please ask again)_"
-LENGTH_MARK = "\n\n… _(answer cut at the length limit)_"
-RESTARTING = "I'm restarting — please ask again in a minute."
-UNDELIVERED = "⚠️ I couldn't deliver my whole answer here. Please ask again."
-CUT_NOTE = "_(Your message was too long for me, so I read only its beginning and end.)_\n\n"
+# Marks put after an answer that did not end normally (after a blank line), and notes, in
+# the asker's language.
+STOPPED_MARK = N_("⏹ _(stopped)_")
+INTERRUPTED_MARK = N_("⚠️ _(cut short: the bot is restarting)_")
+ERROR_MARK = N_("⚠️ _(something went wrong while answering; please ask again)_")
+LENGTH_MARK = N_("… _(answer cut at the length limit)_")
+RESTARTING = N_("I'm restarting — please ask again in a minute.")
+UNDELIVERED = N_("⚠️ I couldn't deliver my whole answer here. Please ask again.")
+CUT_NOTE = N_("_(Your message was too long for me, so I read only its beginning and end.)_")
 
 
-def queued_text(position: int) -> str:
-    return f"⏳ Queued (position {position}) — I'll answer here."
+def queued_text(position: int, texts: Texts) -> str:
+    return texts.gettext("⏳ Queued (position %(position)d) — I'll answer here.", position=position)
 
 
 @dataclass(eq=False)
@@ -80,6 +83,7 @@ class ConversationService:
         self._repo = repo
         self.metrics = metrics or Metrics()
         self._access = AccessPolicy(settings)
+        self._catalogs = Catalogs(settings.bot.language)
         self._rate = RateLimiter(settings.bot.rate_limit_per_minute)
         self._adapters: dict[str, Adapter] = {}
         self._threads: dict[ConversationKey, _Thread] = {}
@@ -162,7 +166,8 @@ class ConversationService:
         except Exception:
             log.exception("failed to handle a message in %s", msg.key)
             with contextlib.suppress(Exception):
-                await self._reply(adapter, msg, "Sorry, something went wrong on my side.")
+                sorry = self.texts(msg).gettext("Sorry, something went wrong on my side.")
+                await self._reply(adapter, msg, sorry)
 
     async def command(self, msg: IncomingMessage) -> str:
         with self._busy():
@@ -171,9 +176,13 @@ class ConversationService:
     async def _command(self, msg: IncomingMessage) -> str:
         if not self._access.allowed(msg):
             log.info("refused a command from %s in %s: not allowed", msg.user_id, msg.key)
-            return "Sorry, you can't use this bot here."
+            return self.texts(msg).gettext("Sorry, you can't use this bot here.")
         command = parse_command(clean_text(msg.text)) or Command("help", "", known=True)
         return await self._execute(command, msg)
+
+    def texts(self, msg: IncomingMessage) -> Texts:
+        """The bot's texts in the language of the user who sent `msg`."""
+        return self._catalogs.for_tag(msg.language)
 
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
         return await self._repo.load_history(key)
@@ -182,24 +191,26 @@ class ConversationService:
 
     async def _question(self, adapter: Adapter, msg: IncomingMessage) -> None:
         text = clean_text(msg.text)
+        texts = self.texts(msg)
         if not has_words(text):
-            await self._reply(adapter, msg, "Ask me a question in words and I'll answer here.")
+            answer = texts.gettext("Ask me a question in words and I'll answer here.")
+            await self._reply(adapter, msg, answer)
             return
         if not self._accepting:
-            await self._reply(adapter, msg, RESTARTING)
+            await self._reply(adapter, msg, texts.gettext(RESTARTING))
             return
         wait = self._rate.check(msg.key.platform, msg.user_id)
         if wait:
             self.metrics.inc("edgeqa_rate_limited_total", platform=msg.key.platform)
-            text = plural(
+            slow_down = texts.ngettext(
+                "You're asking faster than I can answer — please wait %(wait).0f s "
+                "(limit: %(n)d question a minute).",
+                "You're asking faster than I can answer — please wait %(wait).0f s "
+                "(limit: %(n)d questions a minute).",
                 self._settings.bot.rate_limit_per_minute,
-                "You're asking faster than I can answer — please wait {wait:.0f} s "
-                "(limit: {n} question a minute).",
-                "You're asking faster than I can answer — please wait {wait:.0f} s "
-                "(limit: {n} questions a minute).",
                 wait=wait,
             )
-            await self._reply(adapter, msg, text)
+            await self._reply(adapter, msg, slow_down)
             return
         self.metrics.inc("edgeqa_questions_total", platform=msg.key.platform)
         thread = self._threads.setdefault(msg.key, _Thread())
@@ -208,18 +219,18 @@ class ConversationService:
         flusher.start()
         if thread.lock.locked():
             thread.waiting.append(flusher)
-            flusher.status(queued_text(len(thread.waiting)))
+            flusher.status(queued_text(len(thread.waiting), texts))
             flusher.progress(Progress(queue_position=len(thread.waiting)))
         try:
             async with thread.lock:
                 if flusher in thread.waiting:
                     thread.waiting.remove(flusher)
                 for position, waiter in enumerate(thread.waiting, start=1):
-                    waiter.status(queued_text(position))
+                    waiter.status(queued_text(position, waiter.texts))
                     waiter.progress(Progress(queue_position=position))
                 if not self._accepting:
                     # Queued before a shutdown began: starting it now would outlast the grace.
-                    await self._finish(flusher, RESTARTING)
+                    await self._finish(flusher, texts.gettext(RESTARTING))
                     return
                 await self._answer(flusher, msg, text, thread)
         finally:
@@ -247,7 +258,7 @@ class ConversationService:
             count=self._engine.count_tokens,
         )
         if prompt.question_cut or too_long:
-            flusher.feed(CUT_NOTE)
+            flusher.feed(flusher.texts.gettext(CUT_NOTE) + "\n\n")
 
         generation = _Generation()
         thread.current = generation
@@ -281,9 +292,9 @@ class ConversationService:
             with contextlib.suppress(asyncio.CancelledError):
                 await generation.task
         except EngineBusy as exc:
-            await self._finish(
-                flusher, f"I'm busy right now ({exc}). Please ask again in a minute."
-            )
+            log.info("engine busy in %s: %s", msg.key, exc)
+            busy = flusher.texts.gettext("I'm busy right now. Please ask again in a minute.")
+            await self._finish(flusher, busy)
             return
         except EngineError as exc:
             log.warning("engine failed in %s: %s", msg.key, exc)
@@ -302,11 +313,13 @@ class ConversationService:
             self.metrics.inc("edgeqa_prompt_tokens_total", stats.prompt_tokens)
         answer = "".join(generation.parts)
         self.metrics.inc("edgeqa_answers_total", platform=msg.key.platform, status=status)
-        shown = flusher.text + mark
+        texts = flusher.texts
+        shown = flusher.text + ("\n\n" + texts.gettext(mark) if mark else "")
         if not answer and status == "complete":
-            shown += "_(I have no answer to that.)_"
+            shown += texts.gettext("_(I have no answer to that.)_")
         if not answer and status == "interrupted":
-            shown = RESTARTING  # no words yet: say what to do, as the queued ones are told
+            # No words yet: say what to do, as the queued ones are told.
+            shown = texts.gettext(RESTARTING)
         await self._finish(flusher, shown if answer else shown.lstrip())
         if status != "error" and answer:
             await self._repo.append_turn(
@@ -328,7 +341,7 @@ class ConversationService:
         try:
             async for chunk in stream:
                 if chunk.queue_position is not None:
-                    flusher.status(queued_text(chunk.queue_position))
+                    flusher.status(queued_text(chunk.queue_position, flusher.texts))
                     flusher.progress(Progress(queue_position=chunk.queue_position))
                 if chunk.text:
                     if generation.first_token_at is None:
@@ -367,6 +380,7 @@ class ConversationService:
             reply_to=msg.message_id,
             give_up_after=self._settings.bot.delivery_timeout,
             on_edit=lambda: self.metrics.inc("edgeqa_edits_sent_total", platform=adapter.name),
+            texts=self.texts(msg),
         )
 
     async def _finish(self, flusher: StreamFlusher, text: str) -> None:
@@ -375,7 +389,7 @@ class ConversationService:
         except DeliveryFailed as exc:
             self.metrics.inc("edgeqa_delivery_failures_total")
             log.error("could not deliver an answer: %s", exc)
-            await flusher.notice(UNDELIVERED)
+            await flusher.notice(flusher.texts.gettext(UNDELIVERED))
 
     async def _reply(self, adapter: Adapter, msg: IncomingMessage, text: str) -> None:
         await self._finish(self._flusher(adapter, msg), text)
@@ -390,7 +404,7 @@ class ConversationService:
             log.info(
                 "refused /%s for non-admin %s on %s", command.name, msg.user_id, msg.key.platform
             )
-        context = CommandContext(msg, command.args, is_admin, syntax, self)
+        context = CommandContext(msg, command.args, is_admin, syntax, self, self.texts(msg))
         return await execute(command, context)
 
     # -- the commands.Core protocol ------------------------------------------------------

@@ -33,9 +33,3 @@ def clean_text(text: str) -> str:
     characters dropped. Zero-width, RTL and emoji are kept."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return storable(_CONTROL.sub("", text))
-
-
-def plural(count: int, one: str, other: str, **values: object) -> str:
-    """`one` or `other` as `count` asks, formatted with n=count and `values`: the one place a
-    text's plural form is chosen, so a translation can put its own rules (ngettext) here."""
-    return (one if count == 1 else other).format(n=count, **values)

@@ -31,6 +31,8 @@ from bot.service import LENGTH_MARK
 from bot.types import ConversationKey
 from llm.base import Engine
 
+SHOWN_LENGTH_MARK = "\n\n" + LENGTH_MARK  # after a blank line, in English
+
 TEST_DEFAULTS = {
     "EDGEQA_WEB__PORT": "0",
     "EDGEQA_ENGINE__THREADS": "1",
@@ -154,13 +156,13 @@ async def stored(app: App, key: ConversationKey, count: int = 1) -> list[str]:
 def as_shown(answer: str) -> str:
     """What the chat shows for a stored answer of the tiny random model: it always runs to
     max_tokens, so the answer ends with the length mark (which is not stored)."""
-    return answer + LENGTH_MARK
+    return answer + SHOWN_LENGTH_MARK
 
 
 def stored_form(shown: str) -> str:
     """The answer stored for what the chat shows of a tiny-model answer (`as_shown`)."""
-    assert shown.endswith(LENGTH_MARK), shown[-80:]
-    return shown.removesuffix(LENGTH_MARK)
+    assert shown.endswith(SHOWN_LENGTH_MARK), shown[-80:]
+    return shown.removesuffix(SHOWN_LENGTH_MARK)
 
 
 def pieces(answer: str, limit: int) -> list[str]:

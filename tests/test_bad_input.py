@@ -140,7 +140,7 @@ async def settle_case(app: App, driver: Driver, case: Case) -> str:
     if expect == "ignored":
         return ""
     if expect in ANSWERED:
-        note = CUT_NOTE if expect == "answered-with-cut-note" else ""
+        note = CUT_NOTE + "\n\n" if expect == "answered-with-cut-note" else ""
 
         async def shown() -> bool:
             stored = await turns(app, driver, conv)

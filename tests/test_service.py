@@ -114,8 +114,8 @@ async def test_stop_keeps_the_partial_answer_marked(tmp_path: Path) -> None:
         history = await turns(app)
     shown = chat.messages()
     assert shown[-1] == "Stopped."
-    assert shown[0].endswith(STOPPED_MARK)
-    partial = shown[0].removesuffix(STOPPED_MARK)
+    assert shown[0].endswith("\n\n" + STOPPED_MARK)
+    partial = shown[0].removesuffix("\n\n" + STOPPED_MARK)
     assert partial and ANSWER.startswith(partial) and partial != ANSWER
     assert history == [("tell me", partial, "stopped")]
     assert engine.cancelled == 1
@@ -295,7 +295,7 @@ async def test_the_reply_to_stop_comes_after_the_answer_it_stopped(tmp_path: Pat
         await answering
     writes = chat.writes()
     stopped = next(i for i, op in enumerate(writes) if op.text == "Stopped.")
-    answer_final = next(i for i, op in enumerate(writes) if op.text.endswith(STOPPED_MARK))
+    answer_final = next(i for i, op in enumerate(writes) if op.text.endswith("\n\n" + STOPPED_MARK))
     assert answer_final < stopped
 
 
@@ -326,6 +326,6 @@ async def test_an_answer_cut_at_max_tokens_is_marked(
         [shown] = chat.messages()
         assert status == "complete"
         if cut:
-            assert shown == answer + LENGTH_MARK
+            assert shown == answer + "\n\n" + LENGTH_MARK
         else:
             assert answer == tiny_script and shown == answer

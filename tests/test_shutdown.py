@@ -113,12 +113,12 @@ async def test_with_a_tiny_grace_the_answer_is_cut_with_a_note_and_stored_interr
         elapsed = time.monotonic() - signalled
 
     assert_closed_cleanly(db)
-    assert answer.endswith(INTERRUPTED_MARK)
+    assert answer.endswith("\n\n" + INTERRUPTED_MARK)
     assert any(e["type"] == "reply" and "Queued" in e["text"] for e in queued)
     assert final_text(queued) == RESTARTING
 
     [turn] = stored_turns(db, "thread-long1")
     assert (turn["question"], turn["status"]) == ("Tell me everything.", "interrupted")
-    assert turn["answer"] + INTERRUPTED_MARK == answer
+    assert turn["answer"] + "\n\n" + INTERRUPTED_MARK == answer
     assert 0 < turn["completion_tokens"] < LONG
     assert elapsed < grace + 15

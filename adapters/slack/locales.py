@@ -61,7 +61,9 @@ class UserLocales:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
                 response = await self._client.users_info(user=user, include_locale=True)
         except SlackApiError as exc:
-            error = str(exc.response.get("error", ""))
+            data = exc.response.data  # a str when Slack (or a proxy) sent no JSON
+            error = str(data.get("error", "")) if isinstance(data, dict) else ""
+            error = error or f"HTTP {exc.response.status_code}"
             if error in NO_ACCESS:
                 self.available = False
                 log.warning(
@@ -73,7 +75,7 @@ class UserLocales:
                 return "", 0.0
             log.info("slack: no locale for user %s (%s)", user, error)
             return "", RETRY_AFTER
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.info("slack: locale lookup for %s failed: %s", user, type(exc).__name__)
             return "", 0.0
         info = response.get("user")

@@ -99,6 +99,7 @@ class FakeSlackApi:
         """Listen on a free port, or again on the same port after `close()`."""
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # the SDK reads users.info with GET
         app.router.add_post("/response/{rid}", self._response)
         self._runner, self.port = await serve(app, self.port, shutdown_timeout=0.5)
 
