@@ -313,10 +313,16 @@ class FakeTelegram:
 
     # -- the test's side: users talk -----------------------------------------------------
 
-    def user(self, user_id: int, name: str, username: str | None = None) -> dict[str, Any]:
+    def user(
+        self, user_id: int, name: str, username: str | None = None, language: str = ""
+    ) -> dict[str, Any]:
+        """`language`: the IETF tag of the user's Telegram app ("zh-hans"), as Telegram sends
+        it in language_code; "" leaves the field out, as Telegram does when it is unknown."""
         user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": name}
         if username:
             user["username"] = username
+        if language:
+            user["language_code"] = language
         self.users[user_id] = user
         return user
 
@@ -430,6 +436,8 @@ class FakeTelegram:
     async def api_setMyCommands(self, params: dict[str, Any]) -> bool:
         scope = params.get("scope") or {"type": "default"}
         name = scope["type"] + (f":{scope['chat_id']}" if "chat_id" in scope else "")
+        if params.get("language_code"):  # the menu for users of that app language
+            name += f"@{params['language_code']}"
         self.commands[name] = params["commands"]
         return True
 
