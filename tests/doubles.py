@@ -148,6 +148,9 @@ class ScriptedEngine:
         self._waiting = 0
         self._max_queue = max_queue
         self._generated = 0
+        # When set to an unset Event, answers wait for it before their first token (so a
+        # test can keep a thread busy for as long as it needs, whatever the machine's speed).
+        self.gate: asyncio.Event | None = None
 
     async def start(self) -> None:
         pass
@@ -176,6 +179,8 @@ class ScriptedEngine:
             await self._slots.acquire()
         tokens = 0
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             started = time.monotonic()
             answer = self.answer(request) if callable(self.answer) else self.answer
             for piece in _pieces(answer):
