@@ -28,7 +28,7 @@ ENV PATH=/opt/edgeqa/venv/bin:$PATH \
 RUN --mount=type=cache,target=/root/.cache/pip \
     CMAKE_ARGS="${CMAKE_ARGS}" pip wheel --no-deps --wheel-dir /wheels \
         "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY bot /src/bot
 COPY adapters /src/adapters
 COPY llm /src/llm

@@ -105,7 +105,10 @@ def test_dockerignore_keeps_data_models_and_secrets_out_of_the_build(stages: lis
     for pattern in (".git", ".venv", "data/", "*.gguf", "*.db", ".env", "edgeqa.toml"):
         assert pattern in ignored
     copied = [word for c in stages[0].all("COPY") for word in c.split()[:-1]]
-    assert set(copied) == {"pyproject.toml", "README.md", "bot", "adapters", "llm", "storage"}
+    assert set(copied) == {
+        *("pyproject.toml", "setup.py", "README.md"),
+        *("bot", "adapters", "llm", "storage"),
+    }
     assert not [(c, p) for c in copied for p in ignored if fnmatch(c, p.rstrip("/"))]
 
 
@@ -118,7 +121,9 @@ def build_wheel_like_the_builder(stages: list[Stage], tmp_path: Path) -> Path:
         for name in sources:
             origin = ROOT / name
             if origin.is_dir():
-                shutil.copytree(origin, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+                # As in a clean checkout: no compiled catalogs (the build makes them).
+                ignore = shutil.ignore_patterns("__pycache__", "*.mo")
+                shutil.copytree(origin, src / name, ignore=ignore)
             else:
                 src.mkdir(exist_ok=True)
                 shutil.copy(origin, src / name)
@@ -138,6 +143,8 @@ def build_wheel_like_the_builder(stages: list[Stage], tmp_path: Path) -> Path:
         archive.extractall(site)
     assert "storage/migrations/versions/0001_initial.py" in names
     assert "adapters/web/static/index.html" in names
+    # The catalogs compiled by the build (the .mo files are not in git).
+    assert "bot/locales/zh/LC_MESSAGES/edgeqa.mo" in names
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "edgeqa = bot.cli:main" in (site / entry_points).read_text()
     return site

@@ -20,7 +20,7 @@ from babel.messages.frontend import parse_mapping_cfg
 
 from bot.catalogs import catalog_files, compile_all, problems, read_catalog, untranslated
 from bot.config import ConfigError, load_settings
-from bot.i18n import LOCALES_DIR, Catalogs, parse_accept_language
+from bot.i18n import LOCALES_DIR, Catalogs, available_languages, parse_accept_language
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTS = (0, 1, 2, 5)
@@ -64,7 +64,11 @@ def test_the_code_has_texts_to_translate() -> None:
         assert msgid in messages, msgid
 
 
-@pytest.mark.parametrize("language", ["en", "zh"])
+def test_english_and_chinese_are_shipped() -> None:
+    assert available_languages() == ("en", "zh")
+
+
+@pytest.mark.parametrize("language", available_languages())
 def test_every_text_is_in_the_catalog_and_formats(language: str) -> None:
     messages = source_messages()
     [po] = [path for lang, path in catalog_files() if lang == language]
