@@ -21,7 +21,8 @@ catalogs: $(STAMP)
 # template (edgeqa.pot) and merge it into every catalog; then translate what is new.
 messages: $(STAMP)
 	$(BIN)/pybabel --quiet extract -F babel.cfg -o bot/locales/edgeqa.pot \
-	  --project=edgeqa --add-comments=TRANSLATORS: --sort-by-file --width=100 .
+	  --project=edgeqa --add-comments=TRANSLATORS: --add-location=file --sort-by-file \
+	  --width=100 .
 	$(BIN)/pybabel --quiet update -i bot/locales/edgeqa.pot -d bot/locales -D edgeqa \
 	  --no-fuzzy-matching --ignore-obsolete --width=100
 
