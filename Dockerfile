@@ -33,6 +33,7 @@ COPY bot /src/bot
 COPY adapters /src/adapters
 COPY llm /src/llm
 COPY storage /src/storage
+COPY knowledge /src/knowledge
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels /src \
     && pip install /wheels/*.whl

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
@@ -40,6 +41,13 @@ from tests.deploy_files import (
 
 VENV_BIN = Path(sys.executable).parent
 TOKEN = "test-token-0123456789"
+# The project's top-level packages, as pyproject.toml lists them for the wheel.
+PACKAGES = {
+    pattern.rstrip("*")
+    for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +113,7 @@ def test_dockerignore_keeps_data_models_and_secrets_out_of_the_build(stages: lis
     for pattern in (".git", ".venv", "data/", "*.gguf", "*.db", ".env", "edgeqa.toml"):
         assert pattern in ignored
     copied = [word for c in stages[0].all("COPY") for word in c.split()[:-1]]
-    assert set(copied) == {
-        *("pyproject.toml", "setup.py", "README.md"),
-        *("bot", "adapters", "llm", "storage"),
-    }
+    assert set(copied) == {"pyproject.toml", "setup.py", "README.md", *PACKAGES}
     assert not [(c, p) for c in copied for p in ignored if fnmatch(c, p.rstrip("/"))]
 
 
@@ -142,6 +147,7 @@ def build_wheel_like_the_builder(stages: list[Stage], tmp_path: Path) -> Path:
         names = archive.namelist()
         archive.extractall(site)
     assert "storage/migrations/versions/0001_initial.py" in names
+    assert {f"{package}/__init__.py" for package in PACKAGES} <= set(names)
     assert "adapters/web/static/index.html" in names
     # The catalogs compiled by the build (the .mo files are not in git).
     assert "bot/locales/zh/LC_MESSAGES/edgeqa.mo" in names
