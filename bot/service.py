@@ -337,6 +337,7 @@ class ConversationService:
     ) -> RequestStats | None:
         stats: RequestStats | None = None
         tokens = 0
+        first_tokens = 0  # the pace counts tokens after the first chunk, over the time since
         stream = self._engine.stream(request)
         try:
             async for chunk in stream:
@@ -346,12 +347,13 @@ class ConversationService:
                 if chunk.text:
                     if generation.first_token_at is None:
                         generation.first_token_at = time.monotonic()
-                    started = generation.first_token_at
+                        first_tokens = chunk.tokens
                     tokens += chunk.tokens
                     generation.parts.append(chunk.text)
                     flusher.feed(chunk.text)
-                    elapsed = time.monotonic() - started
-                    speed = tokens / elapsed if elapsed > 0 else 0.0
+                    elapsed = time.monotonic() - generation.first_token_at
+                    later = tokens - first_tokens
+                    speed = later / elapsed if later > 0 and elapsed > 0 else 0.0
                     flusher.progress(Progress(tokens=tokens, tokens_per_second=speed))
                 if chunk.done:
                     stats = chunk.stats

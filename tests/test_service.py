@@ -51,6 +51,20 @@ async def test_a_question_is_answered_streamed_and_stored(app: App, chat: Record
     assert app.metrics.get("edgeqa_questions_total", platform="web") == 1
 
 
+async def test_progress_never_shows_more_speed_than_the_engine_has(
+    app: App, chat: RecordingAdapter
+) -> None:
+    """The page showed "1 token · 16120.7 tokens/s": the first token over a near-zero time.
+    The scripted engine waits at least `token_delay` between tokens, so no honest figure
+    can exceed 1 / token_delay (the old one did from the first update on)."""
+    engine = app.engine
+    assert isinstance(engine, ScriptedEngine)
+    await app.service.handle(ask("What is the capital of France?"))
+    counting = [p for p in chat.progress_seen if p.tokens and not p.done]
+    assert counting
+    assert all(p.tokens_per_second <= 1.01 / engine.token_delay for p in counting)
+
+
 async def test_follow_up_sees_the_thread_history(app: App) -> None:
     engine = app.engine
     assert isinstance(engine, ScriptedEngine)
