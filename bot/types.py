@@ -98,3 +98,22 @@ class NamedCommand(Protocol):
 
     @property
     def args(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A document passage an answer was given from, as cited and stored with the turn.
+
+    `number` is its [n] in the prompt (and in the answer's citations); `url` is "" when the
+    document has no link, and adapters then show the title alone. `text` is the passage as
+    the model read it, kept so /sources can show it after the index has changed.
+    """
+
+    number: int
+    title: str
+    location: str
+    url: str = ""
+    heading: str = ""
+    collection: str = ""
+    score: float = 0.0
+    text: str = ""

@@ -6,12 +6,12 @@ test ever needs one) stand behind the same calls.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from bot.types import ConversationKey
+from bot.types import ConversationKey, Source
 
 TurnStatus = Literal["complete", "stopped", "interrupted", "error"]
 
@@ -27,6 +27,7 @@ class Turn:
     prompt_tokens: int
     completion_tokens: int
     created_at: datetime
+    sources: tuple[Source, ...] = ()  # the document passages it was answered from
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +69,13 @@ class Repository(Protocol):
         status: TurnStatus = "complete",
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        sources: Sequence[Source] = (),
     ) -> None:
-        """Store a finished turn in one transaction and mark the conversation active."""
+        """Store a finished turn (with the passages it was answered from) in one
+        transaction and mark the conversation active."""
 
     async def load_history(self, key: ConversationKey, limit: int = 200) -> list[Turn]:
-        """The conversation's last `limit` turns, oldest first."""
+        """The conversation's last `limit` turns, oldest first, each with its sources."""
 
     async def reset(self, key: ConversationKey) -> int:
         """Delete one conversation; returns the number of turns removed."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -25,11 +26,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.text import storable
-from bot.types import ConversationKey
+from bot.types import ConversationKey, Source
 from storage.base import Scope, StorageStats, Turn, TurnStatus
 from storage.database import create_db_engine, split_schema
 from storage.migrate import upgrade, upgrade_engine
-from storage.tables import KEY_LENGTH, TURN_STATUSES, conversations, turns
+from storage.tables import KEY_LENGTH, TURN_STATUSES, conversations, turn_sources, turns
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class SqlRepository:
         status: TurnStatus = "complete",
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        sources: Sequence[Source] = (),
     ) -> None:
         if status not in TURN_STATUSES:
             raise ValueError(f"unknown turn status {status!r}")
@@ -118,18 +120,28 @@ class SqlRepository:
             "prompt_tokens": _tokens(prompt_tokens),
             "completion_tokens": _tokens(completion_tokens),
         }
+        cited = [_source_row(source) for source in sources]
         now = _now()
         async with self.db.begin() as conn:
             conversation_id = await self._upsert_conversation(conn, values, now)
-            await conn.execute(
-                turns.insert().values(conversation_id=conversation_id, created_at=now, **row)
-            )
+            turn_id = (
+                await conn.execute(
+                    turns.insert()
+                    .values(conversation_id=conversation_id, created_at=now, **row)
+                    .returning(turns.c.id)
+                )
+            ).scalar_one()
+            if cited:
+                await conn.execute(
+                    turn_sources.insert(), [{**c, "turn_id": turn_id} for c in cited]
+                )
 
     async def load_history(self, key: ConversationKey, limit: int = 200) -> list[Turn]:
         if limit <= 0:
             return []
         query = (
             select(
+                turns.c.id,
                 turns.c.user_id,
                 turns.c.question,
                 turns.c.answer,
@@ -145,7 +157,39 @@ class SqlRepository:
         )
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [Turn(*row) for row in reversed(rows)]
+            found: dict[int, list[Source]] = {}
+            ids = [row[0] for row in rows]
+            for chunk in _chunks(ids, 1000):
+                cited = await conn.execute(
+                    select(
+                        turn_sources.c.turn_id,
+                        turn_sources.c.number,
+                        turn_sources.c.title,
+                        turn_sources.c.location,
+                        turn_sources.c.url,
+                        turn_sources.c.heading,
+                        turn_sources.c.collection,
+                        turn_sources.c.score,
+                        turn_sources.c.text,
+                    )
+                    .where(turn_sources.c.turn_id.in_(chunk))
+                    .order_by(turn_sources.c.turn_id, turn_sources.c.number)
+                )
+                for turn_id, *fields in cited:
+                    found.setdefault(turn_id, []).append(Source(*fields))
+        return [
+            Turn(
+                user_id=row.user_id,
+                question=row.question,
+                answer=row.answer,
+                status=row.status,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                created_at=row.created_at,
+                sources=tuple(found.get(row.id, ())),
+            )
+            for row in reversed(rows)
+        ]
 
     async def reset(self, key: ConversationKey) -> int:
         match = _key_filter(_key_values(key))
@@ -325,6 +369,20 @@ def _scope_filter(scope: Scope) -> list[ColumnElement[bool]]:
     if scope.channel is not None:
         where.append(conversations.c.channel == _key_part("channel", scope.channel))
     return where
+
+
+def _source_row(source: Source) -> dict[str, object]:
+    score = float(source.score)
+    return {
+        "number": max(0, min(int(source.number), MAX_TOKENS)),
+        "title": storable(source.title),
+        "location": storable(source.location),
+        "url": storable(source.url),
+        "heading": storable(source.heading),
+        "collection": _key_part("collection", source.collection),
+        "score": score if math.isfinite(score) else 0.0,
+        "text": storable(source.text),
+    }
 
 
 def _tokens(value: int) -> int:

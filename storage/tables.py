@@ -6,7 +6,11 @@ ON DELETE CASCADE, so deleting a conversation (reset, expiry) removes its turns 
 statement on both SQLite and PostgreSQL. `turns.platform` repeats the conversation's
 platform so /forget can find a user's turns through one index without a join.
 
-The migration in `storage/migrations/versions` creates exactly these tables; a test compares
+A turn answered from the company's documents keeps the passages it was given in
+`turn_sources` (ON DELETE CASCADE from turns), so /sources and the browser chat's history
+can show them later, and /forget, /reset and expiry remove them with the turn.
+
+The migrations in `storage/migrations/versions` create exactly these tables; a test compares
 the two so they cannot drift apart.
 """
 
@@ -20,6 +24,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -115,9 +120,26 @@ class TurnRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class TurnSourceRow(Base):
+    __tablename__ = "turn_sources"
+    __table_args__ = (Index(None, "turn_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    turn_id: Mapped[int] = mapped_column(Id, ForeignKey("turns.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer())  # its [n] in the prompt and the answer
+    title: Mapped[str] = mapped_column(Text())
+    location: Mapped[str] = mapped_column(Text())
+    url: Mapped[str] = mapped_column(Text())
+    heading: Mapped[str] = mapped_column(Text())
+    collection: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    score: Mapped[float] = mapped_column(Float())
+    text: Mapped[str] = mapped_column(Text())  # the passage as the model read it
+
+
 metadata = Base.metadata
 conversations = cast(Table, ConversationRow.__table__)
 turns = cast(Table, TurnRow.__table__)
+turn_sources = cast(Table, TurnSourceRow.__table__)
 
 
 # --- The knowledge base's index (knowledge/) -------------------------------------------
