@@ -13,7 +13,14 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
-from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef, Progress
+from bot.types import (
+    CommandSyntax,
+    ConversationKey,
+    IncomingMessage,
+    MessageRef,
+    Progress,
+    Source,
+)
 from storage.base import Turn
 
 
@@ -83,13 +90,32 @@ class Adapter(Protocol):
         """Disconnect; in-flight sends may still complete."""
 
     async def send(
-        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        reply_to: str = "",
+        final: bool = False,
+        sources: Sequence[Source] = (),
     ) -> MessageRef:
         """Post a new message in the conversation. `final` means the text will not change again,
-        so the adapter may render it (Markdown) or end a native stream."""
+        so the adapter may render it (Markdown) or end a native stream. `sources` (only with
+        `final`, on an answer's last message) are shown under the text as the adapter's
+        `render_sources` writes them."""
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+    async def edit(
+        self,
+        ref: MessageRef,
+        text: str,
+        *,
+        final: bool = False,
+        sources: Sequence[Source] = (),
+    ) -> None:
         """Replace a sent message's text. Must treat "not modified" as success."""
+
+    def render_sources(self, sources: Sequence[Source]) -> str:
+        """The sources footer in the platform's own markup ("" where the platform shows
+        sources otherwise); the flusher keeps its length free in the last message."""
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         """Show a typing / thinking indicator, if the platform has one (else do nothing).

@@ -154,6 +154,7 @@ class App:
             return
         kb = build_knowledge(self.settings, db, busy=lambda: self.engine.stats().active > 0)
         self.knowledge = kb
+        self.service.knowledge = kb  # questions are answered from the documents from now on
         if kb is None:
             return
         self.metrics.gauge("edgeqa_kb_searches_total", lambda: float(kb.stats.searches))

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bot.grounding import Knowledge, kb_reply, retrieval_line, sources_reply
 from bot.i18n import N_, Texts
 from bot.types import CommandSyntax, IncomingMessage
 from llm.base import Engine
@@ -38,7 +39,14 @@ class Core(Protocol):
     @property
     def engine(self) -> Engine: ...
 
+    @property
+    def knowledge(self) -> Knowledge | None:
+        """The company's documents (None when no source is set up)."""
+
     def activity(self) -> Activity: ...
+
+    def abstentions(self) -> int:
+        """Questions the documents did not cover, since start."""
 
     async def stop_answer(self, msg: IncomingMessage) -> bool:
         """Stop the answer being written in `msg`'s thread; True once it was stopped and its
@@ -122,6 +130,7 @@ async def _stats(ctx: CommandContext) -> str:
     speed = engine.stats()
     now = ctx.core.activity()
     uptime = int(now.uptime)
+    retrieval = await retrieval_line(ctx.core.knowledge, ctx.core.abstentions(), ctx.texts)
     texts = ctx.texts
     prompt, generated = f"{stored.prompt_tokens:,}", f"{stored.completion_tokens:,}"
     reused = f"{speed.reused_tokens:,}"
@@ -152,6 +161,7 @@ async def _stats(ctx: CommandContext) -> str:
                 first=speed.mean_time_to_first_token,
                 reused=reused,
             ),
+            *([retrieval] if retrieval else []),
             texts.gettext(
                 "Up for %(hours)dh %(minutes)dm",
                 hours=uptime // 3600,
@@ -159,6 +169,15 @@ async def _stats(ctx: CommandContext) -> str:
             ),
         ]
     )
+
+
+async def _sources(ctx: CommandContext) -> str:
+    return await sources_reply(ctx.core.knowledge, ctx.core.repo, ctx.msg.key, ctx.texts)
+
+
+async def _kb(ctx: CommandContext) -> str:
+    usage = usage_of(COMMANDS["kb"], ctx.syntax, ctx.texts)
+    return await kb_reply(ctx.core.knowledge, ctx.args, usage, ctx.texts)
 
 
 async def _forget(ctx: CommandContext) -> str:
@@ -188,6 +207,13 @@ COMMANDS: dict[str, CommandSpec] = {
             in_thread=True,
         ),
         CommandSpec(
+            "sources",
+            False,
+            N_("the document passages behind my last answer here"),
+            _sources,
+            in_thread=True,
+        ),
+        CommandSpec(
             "reset-all",
             True,
             N_("forget every conversation in this chat"),
@@ -197,6 +223,13 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("stats", True, N_("conversations, turns, tokens, queue, engine speed"), _stats),
         CommandSpec(
             "forget", True, N_("delete everything a user has asked"), _forget, args=N_("@user")
+        ),
+        CommandSpec(
+            "kb",
+            True,
+            N_("the document index: documents, chunks, last sync, errors; sync re-reads them"),
+            _kb,
+            args=N_("[sync]"),
         ),
     )
 }

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,7 +30,7 @@ from adapters.base import (
     ShowsProgress,
 )
 from bot.i18n import N_, Texts, english
-from bot.types import ConversationKey, MessageRef, Progress
+from bot.types import ConversationKey, MessageRef, Progress, Source
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class StreamFlusher:
         self._clock = clock or asyncio.get_running_loop().time
         self._limit = adapter.limits.max_message_len
         self._text = ""  # the answer so far
+        self._sources: tuple[Source, ...] = ()  # shown under the final text's last message
+        self._footer = 0  # characters the rendered sources take in the last message
         self._status = ""  # shown while there is no text yet ("queued (position 2)")
         self._frozen = 0  # offset in _text where the live message starts
         self._messages: list[_Message] = []
@@ -154,8 +156,9 @@ class StreamFlusher:
 
     # -- finishing -----------------------------------------------------------------------
 
-    async def finish(self, final_text: str) -> None:
-        """Deliver `final_text` in full (it replaces whatever was streamed) and stop.
+    async def finish(self, final_text: str, sources: Sequence[Source] = ()) -> None:
+        """Deliver `final_text` in full (it replaces whatever was streamed), with `sources`
+        under its last message, and stop.
 
         Raises DeliveryFailed if the platform refused it for longer than `give_up_after`.
         """
@@ -169,6 +172,10 @@ class StreamFlusher:
             # send what differs after them, rather than losing or duplicating anything.
             final_text = self._text[: self._frozen] + final_text[self._frozen :]
         self._text = final_text
+        self._sources = tuple(sources)
+        if sources:
+            # Plus a blank line's worth: the adapter puts the footer under the text.
+            self._footer = len(self._adapter.render_sources(sources)) + 2
         deadline = self._clock() + self._give_up_after
         delay = self._next_edit_at - self._clock()
         if delay > 0:  # the final edit keeps the cadence too
@@ -255,9 +262,10 @@ class StreamFlusher:
             live = self._text[self._frozen :]
             if not self._text and not final:
                 live = self._status
-            if len(live) > self._limit:
-                cut = split_point(live, self._limit)
-                outcome = await self._show(live[:cut], final=True, deadline=deadline)
+            room = max(MIN_PIECE, self._limit - (self._footer if final else 0))
+            if len(live) > room:
+                cut = split_point(live, room)
+                outcome = await self._show(live[:cut], final=True, deadline=deadline, last=False)
                 if outcome is _Outcome.SKIPPED:
                     return
                 if outcome is _Outcome.DONE:
@@ -280,24 +288,31 @@ class StreamFlusher:
             self._messages.append(_Message())
         return self._messages[-1]
 
-    async def _show(self, text: str, *, final: bool, deadline: float | None) -> _Outcome:
-        """Make the live message show `text`."""
+    async def _show(
+        self, text: str, *, final: bool, deadline: float | None, last: bool = True
+    ) -> _Outcome:
+        """Make the live message show `text` (with the sources if it is the final text's
+        `last` message)."""
         message = self._current()
         if text == message.shown and (message.final or not final):
             return _Outcome.DONE
         if not text.strip():
             text = "…"  # platforms refuse empty messages
         ref = message.ref
+        sources = self._sources if final and last else ()
         try:
             if ref is None:
                 message.ref = await self._call(
                     lambda: self._adapter.send(
-                        self._key, text, reply_to=self._reply_to, final=final
+                        self._key, text, reply_to=self._reply_to, final=final, sources=sources
                     ),
                     deadline,
                 )
             else:
-                await self._call(lambda: self._adapter.edit(ref, text, final=final), deadline)
+                await self._call(
+                    lambda: self._adapter.edit(ref, text, final=final, sources=sources),
+                    deadline,
+                )
         except RateLimited as exc:  # only raised for disposable updates (deadline None)
             self._next_edit_at = self._clock() + exc.retry_after
             return _Outcome.SKIPPED

@@ -20,6 +20,10 @@ HELP = {
     "edgeqa_rate_limited_total": ("counter", "Questions refused by the per-user rate limit."),
     "edgeqa_pruned_conversations_total": ("counter", "Conversations removed by expiry."),
     "edgeqa_delivery_failures_total": ("counter", "Answers a platform refused past the bound."),
+    "edgeqa_retrieval_abstentions_total": (
+        "counter",
+        "Questions the company's documents did not cover (nothing relevant found).",
+    ),
     "edgeqa_queue_length": ("gauge", "Questions waiting for their thread or the engine."),
     "edgeqa_active_answers": ("gauge", "Answers being generated now."),
     "edgeqa_engine_tokens_per_second": (
@@ -54,6 +58,10 @@ class Metrics:
 
     def get(self, name: str, **labels: str) -> float:
         return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def total(self, name: str) -> float:
+        """A counter summed over all its labels."""
+        return sum(value for (counter, _), value in self.counters.items() if counter == name)
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read

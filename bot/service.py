@@ -19,12 +19,14 @@ from bot.access import AccessPolicy
 from bot.commands import Activity, Command, CommandContext, execute, parse_command
 from bot.config import Settings
 from bot.flusher import DeliveryFailed, StreamFlusher
+from bot.grounding import Knowledge, cited, search, to_sources
 from bot.i18n import N_, Catalogs, Texts
 from bot.metrics import Metrics
 from bot.prompt import Prompt, build_prompt, cut_middle
 from bot.ratelimit import RateLimiter
 from bot.text import clean_text
-from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress
+from bot.types import CommandSyntax, ConversationKey, IncomingMessage, Progress, Source
+from knowledge.types import Passage
 from llm.base import Engine, EngineBusy, EngineError, GenerationRequest, RequestStats
 from storage.base import Repository, Turn, TurnStatus
 
@@ -39,6 +41,15 @@ LENGTH_MARK = N_("… _(answer cut at the length limit)_")
 RESTARTING = N_("I'm restarting — please ask again in a minute.")
 UNDELIVERED = N_("⚠️ I couldn't deliver my whole answer here. Please ask again.")
 CUT_NOTE = N_("_(Your message was too long for me, so I read only its beginning and end.)_")
+NOT_IN_DOCS = N_(
+    "The company's documents don't cover this question, so I can't answer it from them. "
+    "Try rephrasing it, or ask someone who knows."
+)
+GENERAL_NOTE = N_(
+    "_(Not from the company's documents — they don't cover this; answering from general "
+    "knowledge.)_"
+)
+SEARCH_FAILED = N_("I couldn't search the company's documents just now. Please ask again later.")
 
 
 def queued_text(position: int, texts: Texts) -> str:
@@ -77,11 +88,15 @@ class ConversationService:
         engine: Engine,
         repo: Repository,
         metrics: Metrics | None = None,
+        knowledge: Knowledge | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._repo = repo
         self.metrics = metrics or Metrics()
+        # The company's documents (None: answers come from the model alone). Public, so the
+        # app can attach a knowledge base that needs the started database.
+        self.knowledge = knowledge
         self._access = AccessPolicy(settings)
         self._catalogs = Catalogs(settings.bot.language)
         self._rate = RateLimiter(settings.bot.rate_limit_per_minute)
@@ -250,15 +265,37 @@ class ConversationService:
         history = await self._repo.load_history(msg.key)
         too_long = len(text) > self._settings.bot.max_question_chars
         text = cut_middle(text, self._settings.bot.max_question_chars)
+        passages: list[Passage] = []
+        if self.knowledge is not None:
+            flusher.start_typing()  # searching (and embedding the question) takes a moment
+            try:
+                passages = await self._retrieve(msg, text, history)
+            except Exception:
+                log.exception("searching the knowledge base failed in %s", msg.key)
+                await self._finish(flusher, flusher.texts.gettext(SEARCH_FAILED))
+                return
+            if not passages:
+                self.metrics.inc("edgeqa_retrieval_abstentions_total", platform=msg.key.platform)
+                if self._settings.knowledge.mode == "strict":
+                    abstained = flusher.texts.gettext(NOT_IN_DOCS)
+                    await self._finish(flusher, abstained)
+                    await self._repo.append_turn(
+                        msg.key, user_id=msg.user_id, question=text, answer=abstained
+                    )
+                    return
         prompt = build_prompt(
             self._settings.bot.system_prompt,
             history,
             text,
             budget=self._budget(),
             count=self._engine.count_tokens,
+            passages=passages,
+            passage_budget=self._settings.knowledge.passage_tokens,
         )
         if prompt.question_cut or too_long:
             flusher.feed(flusher.texts.gettext(CUT_NOTE) + "\n\n")
+        if self.knowledge is not None and not prompt.passages:
+            flusher.feed(flusher.texts.gettext(GENERAL_NOTE) + "\n\n")
 
         generation = _Generation()
         thread.current = generation
@@ -278,6 +315,7 @@ class ConversationService:
         received: float,
     ) -> None:
         request = GenerationRequest(prompt.messages, conversation_id=str(msg.key))
+        sources = to_sources(prompt.passages)
         flusher.start_typing()
         generation.task = asyncio.create_task(self._generate(request, flusher, generation))
         status: TurnStatus = "complete"
@@ -320,7 +358,8 @@ class ConversationService:
         if not answer and status == "interrupted":
             # No words yet: say what to do, as the queued ones are told.
             shown = texts.gettext(RESTARTING)
-        await self._finish(flusher, shown if answer else shown.lstrip())
+        footer = cited(answer, sources) if answer and status != "error" else []
+        await self._finish(flusher, shown if answer else shown.lstrip(), footer)
         if status != "error" and answer:
             await self._repo.append_turn(
                 msg.key,
@@ -330,7 +369,16 @@ class ConversationService:
                 status=status,
                 prompt_tokens=prompt.tokens,
                 completion_tokens=stats.generated_tokens if stats else len(generation.parts),
+                sources=sources,
             )
+
+    async def _retrieve(
+        self, msg: IncomingMessage, question: str, history: Sequence[Turn]
+    ) -> list[Passage]:
+        assert self.knowledge is not None
+        return await search(
+            self.knowledge, msg.key, question, history, self._settings.knowledge.top_k
+        )
 
     async def _generate(
         self, request: GenerationRequest, flusher: StreamFlusher, generation: _Generation
@@ -385,9 +433,11 @@ class ConversationService:
             texts=self.texts(msg),
         )
 
-    async def _finish(self, flusher: StreamFlusher, text: str) -> None:
+    async def _finish(
+        self, flusher: StreamFlusher, text: str, sources: Sequence[Source] = ()
+    ) -> None:
         try:
-            await flusher.finish(text)
+            await flusher.finish(text, sources)
         except DeliveryFailed as exc:
             self.metrics.inc("edgeqa_delivery_failures_total")
             log.error("could not deliver an answer: %s", exc)
@@ -425,6 +475,9 @@ class ConversationService:
             answering=len(self._generations()),
             uptime=time.monotonic() - self._started,
         )
+
+    def abstentions(self) -> int:
+        return int(self.metrics.total("edgeqa_retrieval_abstentions_total"))
 
     async def stop_answer(self, msg: IncomingMessage) -> bool:
         thread = self._threads.get(msg.key)

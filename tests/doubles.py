@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError
-from bot.types import ConversationKey, MessageRef, Progress
+from bot.types import ConversationKey, MessageRef, Progress, Source
 from llm.base import (
     ChatMessage,
     Chunk,
@@ -40,6 +40,7 @@ class Op:
     final: bool
     at: float
     reply_to: str = ""
+    sources: tuple[Source, ...] = ()
 
 
 @dataclass
@@ -82,18 +83,37 @@ class RecordingAdapter:
             raise MessageTooLong(f"{len(text)} > {self.too_long_over}")
 
     async def send(
-        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        reply_to: str = "",
+        final: bool = False,
+        sources: Sequence[Source] = (),
     ) -> MessageRef:
-        self._maybe_fail("send", text)
+        self._maybe_fail("send", text + self.render_sources(sources))
         message_id = str(next(self._ids))
-        self.shown[message_id] = text
-        self.ops.append(Op("send", key, message_id, text, final, now(), reply_to))
+        self.shown[message_id] = text + self.render_sources(sources)
+        self.ops.append(Op("send", key, message_id, text, final, now(), reply_to, tuple(sources)))
         return MessageRef(key, message_id)
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
-        self._maybe_fail("edit", text)
-        self.shown[ref.message_id] = text
-        self.ops.append(Op("edit", ref.key, ref.message_id, text, final, now()))
+    async def edit(
+        self,
+        ref: MessageRef,
+        text: str,
+        *,
+        final: bool = False,
+        sources: Sequence[Source] = (),
+    ) -> None:
+        self._maybe_fail("edit", text + self.render_sources(sources))
+        self.shown[ref.message_id] = text + self.render_sources(sources)
+        self.ops.append(Op("edit", ref.key, ref.message_id, text, final, now(), "", tuple(sources)))
+
+    def render_sources(self, sources: Sequence[Source]) -> str:
+        """A plain footer, so length limits and what a user sees include it."""
+        if not sources:
+            return ""
+        return "\n\nSources: " + " · ".join(f"[{s.number}] {s.title}" for s in sources)
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         self.ops.append(Op("typing", key, "", "", False, now()))

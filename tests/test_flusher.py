@@ -14,7 +14,7 @@ import pytest
 
 from adapters.base import AdapterLimits, PlatformError, RateLimited, Refused
 from bot.flusher import DeliveryFailed, StreamFlusher, split_point
-from bot.types import ConversationKey
+from bot.types import ConversationKey, Source
 from tests.doubles import RecordingAdapter
 from tests.harness import eventually
 
@@ -235,3 +235,20 @@ async def test_failing_streaming_updates_back_off(caplog: pytest.LogCaptureFixtu
     assert 2 <= len(gaps) <= 4
     assert all(later >= 1.8 * earlier for earlier, later in itertools.pairwise(gaps))
     assert caplog.text.count("backing off") == 1
+
+
+async def test_sources_go_under_the_last_message_within_its_limit() -> None:
+    chat = adapter(max_len=200, interval=0.01)
+    chat.too_long_over = 200  # the platform refuses anything longer
+    flusher = StreamFlusher(chat, KEY)
+    pieces = words(60)
+    sources = [Source(1, "Travel policy", "travel.md"), Source(2, "差旅政策", "差旅.md")]
+    await stream(flusher, pieces, 0.002)
+    await flusher.finish("".join(pieces), sources)
+
+    messages = chat.messages()
+    footer = chat.render_sources(sources)
+    assert messages[-1].endswith(footer) and all(footer not in m for m in messages[:-1])
+    assert all(len(m) <= 200 for m in messages)
+    assert "".join(messages).removesuffix(footer) == "".join(pieces)
+    assert [op.sources for op in chat.writes() if op.sources] == [tuple(sources)]

@@ -200,11 +200,13 @@ async def test_texts_name_commands_the_slack_way_and_count_right(
             "/edgeqa help",
             "@edgeqa reset",
             "@edgeqa stop",
+            "@edgeqa sources",
             "/edgeqa reset-all",
             "/edgeqa stats",
             "/edgeqa forget @user",
+            "/edgeqa kb [sync]",
         ]
-        assert "forget every conversation in this workspace (admins)" in lines[4]
+        assert "forget every conversation in this workspace (admins)" in lines[5]
         _, rid = await ws.slash("dance")
         assert (await ws.ephemeral(rid))["text"] == (
             "I don't know the command /edgeqa dance. Try /edgeqa help."

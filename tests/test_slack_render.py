@@ -109,3 +109,21 @@ def test_rendering_changes_style_never_the_characters_seen(
 ) -> None:
     """Read back as Slack shows it (tests/fakes/slack_api.shown)."""
     assert shown(to_mrkdwn(markdown)) == (seen, styles)
+
+
+def test_sources_footer_links_web_documents_and_escapes_titles() -> None:
+    from adapters.slack.render import sources_footer
+    from bot.types import Source
+
+    footer = sources_footer(
+        [
+            Source(1, "R&D <secret> | plans", "rd.md", "https://wiki.example/rd?a=1&b=|2"),
+            Source(3, "Local notes", "notes/a.md"),
+            Source(4, "Script", "x.md", "javascript:alert(1)"),
+        ]
+    )
+    assert footer == (
+        "*Sources:* [1] <https://wiki.example/rd?a=1&amp;b=%7C2|R&amp;D &lt;secret&gt; ¦ plans>"
+        " · [3] Local notes · [4] Script"
+    )
+    assert sources_footer([]) == ""

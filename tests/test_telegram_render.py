@@ -107,3 +107,21 @@ def test_the_fake_refuses_what_telegram_refuses() -> None:
     for bad in ("<b>open", "a < b", "x & y", "<div>no</div>", "<b><i>x</b></i>"):
         with pytest.raises(ApiError, match="can't parse entities"):
             parse_html(bad)
+
+
+def test_sources_footer_links_only_web_documents_escaped() -> None:
+    from adapters.telegram.render import plain_sources, sources_footer
+    from bot.types import Source
+
+    sources = [
+        Source(1, "R&D <b>plans</b>", "rd.md", 'https://wiki.example/rd?a=1&b="2"'),
+        Source(2, "差旅政策", "政策/差旅.md"),
+        Source(3, "Chat", "x.md", "tg://user?id=1"),
+    ]
+    assert sources_footer(sources) == (
+        '<b>Sources:</b> [1] <a href="https://wiki.example/rd?a=1&amp;b=&quot;2&quot;">'
+        "R&amp;D &lt;b&gt;plans&lt;/b&gt;</a> · [2] 差旅政策 · [3] Chat"
+    )
+    assert plain_sources(sources[:2]) == (
+        'Sources: [1] R&D <b>plans</b> (https://wiki.example/rd?a=1&b="2") · [2] 差旅政策'
+    )

@@ -111,7 +111,13 @@ async def test_reload_mid_answer_shows_the_partial_answer_then_the_stored_turn()
         after = await history(client, "thread-a")
         assert after["live"] == []
         assert after["turns"] == [
-            {"question": "why?", "answer": FULL_ANSWER, "status": "complete", "tokens": 4}
+            {
+                "question": "why?",
+                "answer": FULL_ANSWER,
+                "status": "complete",
+                "tokens": 4,
+                "sources": [],
+            }
         ]
         # Finished and unwatched: the live buffer of the thread is gone.
         for _ in range(250):

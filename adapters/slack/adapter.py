@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -31,19 +32,19 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.base import AdapterLimits, CoreHandler
 from adapters.base import StartError as BaseStartError
 from adapters.slack.locales import UserLocales
-from adapters.slack.render import mentions, to_mrkdwn, to_plain
+from adapters.slack.render import mentions, sources_footer, to_mrkdwn, to_plain
 from adapters.slack.sender import THINKING, SlackSender
 from bot.config import Settings
 from bot.i18n import N_, Catalogs
-from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef
+from bot.types import CommandSyntax, ConversationKey, IncomingMessage, MessageRef, Source
 
 log = logging.getLogger(__name__)
 
 SLACK_API = "https://slack.com/api/"
 # Said to the bot (after the mention), these words are the commands of the same name: Slack
 # keeps "/reset" for its own slash commands, and those cannot be used inside threads.
-WORD_COMMANDS = {"help", "reset", "stop"}
-THREAD_COMMANDS = {"/reset", "/stop"}
+WORD_COMMANDS = {"help", "reset", "stop", "sources"}
+THREAD_COMMANDS = {"/reset", "/stop", "/sources"}
 THREAD_HINT = N_(
     "In a channel every conversation is a thread, and slash commands can't tell which one. "
     "Write `<@%(bot)s> reset` in the thread you want me to forget, or `<@%(bot)s> stop` in the "
@@ -232,15 +233,33 @@ class SlackAdapter:
     # -- sending (see sender.py) ---------------------------------------------------------
 
     async def send(
-        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        reply_to: str = "",
+        final: bool = False,
+        sources: Sequence[Source] = (),
     ) -> MessageRef:
-        ref = await self._sender.send(key, text, final=final, after=reply_to)
+        footer = self.render_sources(sources) if final else ""
+        ref = await self._sender.send(key, text, final=final, after=reply_to, footer=footer)
         if key.thread:
             self._threads.add((key.channel, key.thread))
         return ref
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
-        await self._sender.edit(ref, text, final=final)
+    async def edit(
+        self,
+        ref: MessageRef,
+        text: str,
+        *,
+        final: bool = False,
+        sources: Sequence[Source] = (),
+    ) -> None:
+        footer = self.render_sources(sources) if final else ""
+        await self._sender.edit(ref, text, final=final, footer=footer)
+
+    def render_sources(self, sources: Sequence[Source]) -> str:
+        return sources_footer(sources)
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         await self._sender.typing(key, reply_to)

@@ -17,9 +17,13 @@ gets a zero-width space before it, so it is shown as typed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
+
+from bot.grounding import SOURCES_LABEL
+from bot.types import Source
 
 _MD = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"])
 
@@ -27,6 +31,9 @@ _LINK_SCHEMES = ("http://", "https://", "mailto:")
 _MARKERS = "*_~`"  # Slack's style markers
 _STYLES = {"strong": "*", "em": "_", "s": "~"}
 NOBREAK = "\u200b"  # zero-width space: keeps a literal marker from opening a style
+
+
+MAX_TITLE = 120  # characters of a source's title in the footer
 
 
 def escape(text: str) -> str:
@@ -197,6 +204,25 @@ def _inline(node: SyntaxTreeNode) -> str:
 
 def _url(href: str) -> str:
     return escape(href).replace("|", "%7C")
+
+
+def sources_footer(sources: Sequence[Source]) -> str:
+    """An answer's sources as mrkdwn: "[1] <url|title>" for web links, the title alone
+    otherwise. In a link's label `|` would end the label and `<`, `>`, `&` are Slack's
+    control characters, so they are escaped (| as ¦, which reads the same)."""
+    items = []
+    for source in sources:
+        title = escape(_one_line(source.title or source.location)).replace("|", "¦")
+        url = source.url
+        if url.lower().startswith(("http://", "https://")):
+            items.append(f"[{source.number}] <{_url(url)}|{title}>")
+        else:
+            items.append(f"[{source.number}] {title}")
+    return f"*{SOURCES_LABEL}* " + " · ".join(items) if items else ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:MAX_TITLE]
 
 
 # -- incoming ------------------------------------------------------------------------------

@@ -82,10 +82,12 @@ def _unclear(exc: PlatformError) -> bool:
     return not isinstance(exc, RateLimited | Refused | MessageTooLong)
 
 
-def _render(text: str) -> str:
-    """The final text as mrkdwn; Markdown that renders to nothing (a lone link reference
-    definition) is shown as written, since Slack refuses empty messages."""
-    return to_mrkdwn(text) or escape(text)
+def _render(text: str, footer: str = "") -> str:
+    """The final text as mrkdwn (and the sources footer under it); Markdown that renders to
+    nothing (a lone link reference definition) is shown as written, since Slack refuses
+    empty messages."""
+    body = to_mrkdwn(text) or escape(text)
+    return f"{body}\n\n{footer}" if footer else body
 
 
 @dataclass(slots=True)
@@ -274,11 +276,12 @@ class SlackSender:
     # -- the adapter's send side ---------------------------------------------------------
 
     async def send(
-        self, key: ConversationKey, text: str, *, final: bool, after: str = ""
+        self, key: ConversationKey, text: str, *, final: bool, after: str = "", footer: str = ""
     ) -> MessageRef:
-        """Post `text`; `after` is the ts of the question it answers (see _adopt_lost_post)."""
+        """Post `text` (and under it `footer`, mrkdwn already); `after` is the ts of the
+        question it answers (see _adopt_lost_post)."""
         after = after or self._asked.get((key.channel, key.thread), "")
-        body = _render(text) if final else escape(text)
+        body = _render(text, footer) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
         posting = self._placeholders.get((key, after))
@@ -305,10 +308,15 @@ class SlackSender:
             self._budget_for(live).open(ts)
         return MessageRef(key=key, message_id=ts, extra=(("channel", key.channel),))
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool) -> None:
+    async def edit(self, ref: MessageRef, text: str, *, final: bool, footer: str = "") -> None:
         key = ref.key
         live = self._live.get(ref.message_id) or _Live(key, "update")
         self._budget_for(live).touch(ref.message_id)
+        if final and footer and live.mode == "stream":
+            # A stream takes Markdown appends; the footer is mrkdwn (<url|title>). End the
+            # stream and set the whole final text with chat.update instead.
+            self._to_updates(ref.message_id, live)
+            live.stop_first = True
         if live.mode == "stream" and await self._edit_stream(ref.message_id, live, text, final):
             if final:
                 self._finish(ref.message_id, live)
@@ -316,7 +324,7 @@ class SlackSender:
         if live.stop_first:
             await self._stop_stream(key.channel, ref.message_id)
             live.stop_first = False
-        body = _render(text) if final else escape(text)
+        body = _render(text, footer) if final else escape(text)
         if body != live.body or not body:  # the same text again would cost a call for nothing
             await self._update(key, ref.message_id, body)
             live.body = body

@@ -18,7 +18,7 @@ import logging
 import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -44,7 +44,7 @@ from adapters.base import (
     RateLimited,
     Refused,
 )
-from adapters.telegram.render import render, visible_text
+from adapters.telegram.render import plain_sources, render, sources_footer, visible_text
 from adapters.telegram.routing import (
     PLATFORM,
     BoundedMap,
@@ -57,7 +57,7 @@ from adapters.telegram.routing import (
 from bot.commands import COMMANDS
 from bot.config import Settings
 from bot.i18n import N_, Catalogs, Texts
-from bot.types import ConversationKey, IncomingMessage, MessageRef
+from bot.types import ConversationKey, IncomingMessage, MessageRef, Source
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,13 @@ class TelegramAdapter:
         return self._tg.use_drafts and not is_group_chat(chat_id) and chat_id not in self._no_drafts
 
     async def send(
-        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        reply_to: str = "",
+        final: bool = False,
+        sources: Sequence[Source] = (),
     ) -> MessageRef:
         chat_id = int(key.channel)
         if not final and self._drafts_allowed(chat_id):
@@ -346,10 +352,17 @@ class TelegramAdapter:
         reply = None
         if reply_to.isdigit() and is_group_chat(chat_id):
             reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
-        message_id = await self._send_message(key, text, final=final, reply=reply)
+        message_id = await self._send_message(key, text, final=final, reply=reply, sources=sources)
         return MessageRef(key, str(message_id))
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+    async def edit(
+        self,
+        ref: MessageRef,
+        text: str,
+        *,
+        final: bool = False,
+        sources: Sequence[Source] = (),
+    ) -> None:
         key = ref.key
         chat_id = int(key.channel)
         if draft := ref.get("draft_id"):
@@ -358,13 +371,16 @@ class TelegramAdapter:
                 if not final and await self._draft(chat_id, key, int(draft), text):
                     return
                 # The final text (or a chat that stopped taking drafts) becomes a real message.
-                message_id = await self._send_message(key, text, final=final, reply=None)
+                message_id = await self._send_message(
+                    key, text, final=final, reply=None, sources=sources
+                )
                 self._drafts.put((chat_id, int(draft)), message_id)
                 return
             message_id = sent
         else:
             message_id = int(ref.message_id)
-        if self._shown.get((chat_id, message_id)) == (text, final):
+        shown = (text + self.render_sources(sources), final)
+        if self._shown.get((chat_id, message_id)) == shown:
             return  # never send Telegram an unchanged text
         if message_id == UNKNOWN_MESSAGE:
             raise Refused("Telegram: the message to edit was sent, but its id is unknown")
@@ -376,8 +392,9 @@ class TelegramAdapter:
                 lambda body, mode: self._app.bot.edit_message_text(
                     body, chat_id=chat_id, message_id=message_id, parse_mode=mode
                 ),
+                sources,
             )
-        self._shown.put((chat_id, message_id), (text, final))
+        self._shown.put((chat_id, message_id), shown)
         self._wrote(key)
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
@@ -422,8 +439,17 @@ class TelegramAdapter:
         self._no_drafts.add(chat_id)
         return False
 
+    def render_sources(self, sources: Sequence[Source]) -> str:
+        return sources_footer(sources)
+
     async def _send_message(
-        self, key: ConversationKey, text: str, *, final: bool, reply: ReplyParameters | None
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        final: bool,
+        reply: ReplyParameters | None,
+        sources: Sequence[Source] = (),
     ) -> int:
         chat_id = int(key.channel)
         topic = topic_of(key.thread)
@@ -435,6 +461,7 @@ class TelegramAdapter:
                 lambda body, mode: self._app.bot.send_message(
                     chat_id, body, parse_mode=mode, message_thread_id=topic, reply_parameters=reply
                 ),
+                sources,
             )
         except Unreadable:
             # Sent, but its id is unknown: an edit of it will be refused and the flusher then
@@ -445,7 +472,7 @@ class TelegramAdapter:
         message_id = int(message.message_id)
         if self._router is not None:  # a reply to this answer continues the chain
             self._router.remember(chat_id, message_id, key.thread)
-        self._shown.put((chat_id, message_id), (text, final))
+        self._shown.put((chat_id, message_id), (text + self.render_sources(sources), final))
         self._wrote(key)
         return message_id
 
@@ -455,15 +482,20 @@ class TelegramAdapter:
         text: str,
         final: bool,
         call: Callable[[str, str | None], Awaitable[T]],
+        sources: Sequence[Source] = (),
     ) -> T | None:
         """Run a send/edit: the final text as HTML (plain if Telegram can't take that),
-        streaming updates as plain text. "Not modified" returns None."""
-        self._check(chat_id, text)
-        body, mode = text, None
-        if final:
-            html = render(text)
-            if html.strip() and not _too_long(visible_text(html)):
-                body, mode = html, ParseMode.HTML
+        with the sources footer under it; streaming updates as plain text. "Not modified"
+        returns None."""
+        if final and sources:
+            plain = f"{text}\n\n{plain_sources(sources)}"
+            html = f"{render(text)}\n\n{sources_footer(sources)}"
+        else:
+            plain, html = text, render(text) if final else ""
+        self._check(chat_id, plain)
+        text, body, mode = plain, plain, None
+        if final and html.strip() and not _too_long(visible_text(html)):
+            body, mode = html, ParseMode.HTML
         try:
             try:
                 return await call(body, mode)

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from bot.grounding import SOURCES_LABEL
+from bot.types import Source
+
 _md = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"])
 
 _INLINE_TAGS = {
@@ -32,6 +35,7 @@ _INLINE_TAGS = {
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 _LANGUAGE = re.compile(r"^[\w#+.-]{1,32}$")
 _TAG = re.compile(r"<[^>]*>")
+MAX_TITLE = 120  # characters of a source's title in the footer
 
 
 def escape(text: str) -> str:
@@ -111,6 +115,32 @@ class _Writer:
 
     def raw(self, tag: str) -> None:
         self.parts.append(tag)
+
+
+def sources_footer(sources: Sequence[Source]) -> str:
+    """An answer's sources as Telegram HTML: web links as <a href>, the title alone for
+    anything else (a document without a URL, or a scheme that is not http(s))."""
+    items = []
+    for source in sources:
+        title = escape(_one_line(source.title or source.location))
+        if source.url.lower().startswith(("http://", "https://")):
+            items.append(f'[{source.number}] <a href="{_attr(source.url)}">{title}</a>')
+        else:
+            items.append(f"[{source.number}] {title}")
+    return f"<b>{escape(SOURCES_LABEL)}</b> " + " · ".join(items) if items else ""
+
+
+def plain_sources(sources: Sequence[Source]) -> str:
+    """The footer without markup, for when Telegram refuses the HTML."""
+    items = [
+        f"[{s.number}] {_one_line(s.title or s.location)}" + (f" ({s.url})" if s.url else "")
+        for s in sources
+    ]
+    return f"{SOURCES_LABEL} " + " · ".join(items) if items else ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:MAX_TITLE]
 
 
 def render(markdown: str) -> str:

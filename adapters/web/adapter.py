@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
 from adapters.web.routes import WebRoutes
-from adapters.web.state import LiveState
+from adapters.web.state import LiveState, source_dicts
 from bot.config import Settings
 from bot.i18n import N_, Catalogs
-from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
+from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress, Source
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,43 @@ class WebChatAdapter:
     # --- Adapter -------------------------------------------------------------------------
 
     async def send(
-        self, key: ConversationKey, text: str, *, reply_to: str = "", final: bool = False
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        reply_to: str = "",
+        final: bool = False,
+        sources: Sequence[Source] = (),
     ) -> MessageRef:
         self._check_length(text)
         exchange = self.state.attach(key, reply_to)
         ref = MessageRef(key, uuid.uuid4().hex, (("exchange", exchange),))
-        self.state.reply(key, exchange, ref.message_id, text, final=final)
+        self.state.reply(
+            key, exchange, ref.message_id, text, final=final, sources=source_dicts(sources)
+        )
         return ref
 
-    async def edit(self, ref: MessageRef, text: str, *, final: bool = False) -> None:
+    async def edit(
+        self,
+        ref: MessageRef,
+        text: str,
+        *,
+        final: bool = False,
+        sources: Sequence[Source] = (),
+    ) -> None:
         self._check_length(text)
-        self.state.reply(ref.key, ref.get("exchange"), ref.message_id, text, final=final)
+        self.state.reply(
+            ref.key,
+            ref.get("exchange"),
+            ref.message_id,
+            text,
+            final=final,
+            sources=source_dicts(sources),
+        )
+
+    def render_sources(self, sources: Sequence[Source]) -> str:
+        """Nothing in the text: the page gets the sources as data and draws the links."""
+        return ""
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         self.state.typing(key)

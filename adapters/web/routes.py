@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from adapters.web.page import PageRenderer
+from adapters.web.state import source_dicts
+from bot.grounding import cited
 from bot.i18n import N_, Texts
 from bot.text import clean_text
 from bot.types import ConversationKey
@@ -241,6 +243,7 @@ class WebRoutes:
                     "answer": t.answer,
                     "status": t.status,
                     "tokens": t.completion_tokens,
+                    "sources": source_dicts(cited(t.answer, t.sources)),
                 }
                 for t in turns
             ],

@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.types import ConversationKey, Progress
+from bot.types import ConversationKey, Progress, Source
 
 # A tab that falls this far behind is disconnected; its EventSource reconnects and resyncs.
 MAX_BACKLOG = 1000
@@ -72,9 +73,16 @@ class Reply:
     text: str
     final: bool
     seq: int
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "final": self.final, "seq": self.seq}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "final": self.final,
+            "seq": self.seq,
+            "sources": self.sources,
+        }
 
 
 @dataclass
@@ -204,14 +212,21 @@ class LiveState:
         return exchange.id
 
     def reply(
-        self, key: ConversationKey, exchange_id: str, reply_id: str, text: str, *, final: bool
+        self,
+        key: ConversationKey,
+        exchange_id: str,
+        reply_id: str,
+        text: str,
+        *,
+        final: bool,
+        sources: list[dict[str, Any]] | None = None,
     ) -> None:
         """A message was sent or edited: remember its latest text and tell the tabs."""
         seq = self._next_seq()
         thread = self._threads.get(key)
         exchange = None if thread is None else thread.exchanges.get(exchange_id)
         if exchange is not None:  # else a late edit of a finished exchange: only publish it
-            exchange.replies[reply_id] = Reply(reply_id, text, final, seq)
+            exchange.replies[reply_id] = Reply(reply_id, text, final, seq, sources or [])
         self.publish(
             key,
             {
@@ -220,6 +235,7 @@ class LiveState:
                 "question": None if exchange_id.startswith(NOTICE) else exchange_id,
                 "text": text,
                 "final": final,
+                "sources": sources or [],
                 "seq": seq,
             },
         )
@@ -282,3 +298,18 @@ class LiveState:
         thread = self._threads.get(key)
         if thread is not None and not thread.exchanges:
             del self._threads[key]
+
+
+def source_dicts(sources: Sequence[Source]) -> list[dict[str, Any]]:
+    """Sources as the page and /api/history carry them."""
+    return [
+        {
+            "number": s.number,
+            "title": s.title,
+            "location": s.location,
+            "url": s.url if s.url.lower().startswith(("http://", "https://")) else "",
+            "heading": s.heading,
+            "score": round(s.score, 4),
+        }
+        for s in sources
+    ]

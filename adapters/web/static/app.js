@@ -188,6 +188,7 @@
         this.add(group, this.bubble("user", turn.question));
         const bot = this.add(group, this.bubble("bot", ""));
         this.setText(bot, turn.answer, true);
+        this.setSources(bot, turn.sources);
         if (turn.status !== "complete") {
           const tag = document.createElement("span");
           tag.className = "tag";
@@ -240,6 +241,7 @@
           this.replies.set(ev.id, bot);
         }
         this.setText(bot, ev.text, ev.final);
+        this.setSources(bot, ev.final ? ev.sources : []);
         if (group.dataset.waiting) {
           delete group.dataset.waiting;
           group.querySelector(".meta").textContent = "";
@@ -304,6 +306,34 @@
       el.dataset.final = String(final);
       if (final) window.renderMarkdown(el, text);
       else el.textContent = text;
+    }
+
+    // The documents an answer came from, under it: links where the document has a web
+    // address (http/https only), the title alone otherwise.
+    setSources(el, sources) {
+      const old = el.querySelector(".sources");
+      if (old) old.remove();
+      if (!sources || !sources.length) return;
+      const box = document.createElement("div");
+      box.className = "sources";
+      box.append("Sources: ");
+      sources.forEach((source, i) => {
+        if (i) box.append(" · ");
+        const label = `[${source.number}] ${source.title || source.location}`;
+        let item;
+        if (/^https?:\/\//i.test(source.url || "")) {
+          item = document.createElement("a");
+          item.href = source.url;
+          item.target = "_blank";
+          item.rel = "noopener noreferrer";
+        } else {
+          item = document.createElement("span");
+        }
+        item.textContent = label;
+        item.title = [source.location, source.heading].filter(Boolean).join(" > ");
+        box.append(item);
+      });
+      el.append(box);
     }
 
     setTitle(text) {
