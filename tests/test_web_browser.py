@@ -326,3 +326,37 @@ async def test_end_to_end_through_the_real_core_and_llama_cpp(
         await expect(page.locator(".msg")).to_have_count(0)
         await context.close()
         assert errors == []
+
+
+async def test_a_grounded_answer_shows_its_sources_as_links(
+    browser: Browser, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The whole bot with a knowledge base: the answer ends with its documents as links
+    (titles alone where there is no web address), also after a reload."""
+    from tests.kb_support import HOTEL_QUESTION, HR_URL, UNANSWERABLE, grounded_app, kb_settings
+
+    settings = kb_settings(tmp_path, tiny_model_path)
+    async with grounded_app(settings, [WebChatAdapter(settings)]) as app:
+        context = await browser.new_context()
+        errors: list[Any] = []
+        context.on("weberror", lambda error: errors.append(error.error))
+        page = await context.new_page()
+        await page.goto(f"http://127.0.0.1:{app.port}/")
+        await expect(page.locator(".pane .conn.live")).to_have_count(1)
+        await ask(page, HOTEL_QUESTION)
+        await expect(page.locator('.exchange[data-done="true"]')).to_have_count(1, timeout=60_000)
+        link = page.locator(".msg.bot .sources a").first
+        await expect(link).to_have_text("[1] Travel policy")
+        await expect(link).to_have_attribute("href", f"{HR_URL}travel.md")
+        await page.reload()
+        await expect(page.locator(".msg.bot .sources a").first).to_have_attribute(
+            "href", f"{HR_URL}travel.md"
+        )
+        await ask(page, "/reset")
+        await expect(page.locator(".msg.bot")).to_contain_text(["forgotten this thread"])
+        await ask(page, UNANSWERABLE)
+        await expect(page.locator('.exchange[data-done="true"]')).to_have_count(2, timeout=60_000)
+        await expect(page.locator(".msg.bot").last).to_contain_text("documents don't cover")
+        await expect(page.locator(".msg.bot .sources")).to_have_count(0)
+        await context.close()
+        assert errors == []
