@@ -34,7 +34,10 @@ class Knowledge(Retriever, Protocol):
     async def sync(self, progress: Callable[..., Any] | None = None) -> Any: ...
 
 
-SOURCES_LABEL = "Sources:"  # heads the footer under an answer, on every platform
+# Heads the footer under an answer on every platform. A sign, not a word: the footer is
+# rendered by the adapter, which does not know the asker's language, and a Chinese answer
+# should not end in English chrome.
+SOURCES_LABEL = "📚"
 NO_KB = N_("No company documents are set up for me (knowledge.sources is empty).")
 NO_SOURCES = N_("My last answer in this thread did not come from the company's documents.")
 MAX_ERRORS_SHOWN = 5

@@ -113,7 +113,7 @@ class RecordingAdapter:
         """A plain footer, so length limits and what a user sees include it."""
         if not sources:
             return ""
-        return "\n\nSources: " + " · ".join(f"[{s.number}] {s.title}" for s in sources)
+        return "\n\n📚 " + " · ".join(f"[{s.number}] {s.title}" for s in sources)
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
         self.ops.append(Op("typing", key, "", "", False, now()))

@@ -292,7 +292,7 @@ async def test_telegram_answer_ends_with_html_source_links(
         last = fake.bot_messages(10)[-1]
         assert last.html is not None
         link = f'[1] <a href="{HR_URL}travel.md">Travel policy</a>'
-        assert f"<b>Sources:</b> {link}" in last.html
+        assert f"📚 {link}" in last.html
         assert last.text.endswith(("Travel policy", "Budget 2027"))  # as Telegram shows it
         assert turn.sources[0].title == "Travel policy"
 
@@ -302,7 +302,7 @@ async def test_telegram_answer_ends_with_html_source_links(
         await stored(app, key_of(11))
         await eventually(lambda: "Budget 2027" in (fake.bot_messages(11)[-1].html or ""))
         html = fake.bot_messages(11)[-1].html or ""
-        assert "<b>Sources:</b> [1] Budget 2027" in html
+        assert "📚 [1] Budget 2027" in html
 
         carol = fake.user(12, "Carol", "carol")
         fake.user_says(fake.private_chat(carol), carol, UNANSWERABLE)
@@ -342,7 +342,7 @@ async def test_slack_answer_ends_with_mrkdwn_source_links(
         def last_text() -> str:
             return ws.api.bot_messages("C0GENERAL", asked.ts)[-1].text
 
-        await eventually(lambda: f"*Sources:* {link}" in last_text())
+        await eventually(lambda: f"📚 {link}" in last_text())
         assert turn.sources[0].url == f"{HR_URL}travel.md"
         assert bool(ws.api.count("chat.startStream")) == (native == "true")
 

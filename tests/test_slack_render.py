@@ -123,7 +123,7 @@ def test_sources_footer_links_web_documents_and_escapes_titles() -> None:
         ]
     )
     assert footer == (
-        "*Sources:* [1] <https://wiki.example/rd?a=1&amp;b=%7C2|R&amp;D &lt;secret&gt; ¦ plans>"
+        "📚 [1] <https://wiki.example/rd?a=1&amp;b=%7C2|R&amp;D &lt;secret&gt; ¦ plans>"
         " · [3] Local notes · [4] Script"
     )
     assert sources_footer([]) == ""

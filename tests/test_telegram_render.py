@@ -119,9 +119,9 @@ def test_sources_footer_links_only_web_documents_escaped() -> None:
         Source(3, "Chat", "x.md", "tg://user?id=1"),
     ]
     assert sources_footer(sources) == (
-        '<b>Sources:</b> [1] <a href="https://wiki.example/rd?a=1&amp;b=&quot;2&quot;">'
+        '📚 [1] <a href="https://wiki.example/rd?a=1&amp;b=&quot;2&quot;">'
         "R&amp;D &lt;b&gt;plans&lt;/b&gt;</a> · [2] 差旅政策 · [3] Chat"
     )
     assert plain_sources(sources[:2]) == (
-        'Sources: [1] R&D <b>plans</b> (https://wiki.example/rd?a=1&b="2") · [2] 差旅政策'
+        '📚 [1] R&D <b>plans</b> (https://wiki.example/rd?a=1&b="2") · [2] 差旅政策'
     )

@@ -218,7 +218,7 @@ def sources_footer(sources: Sequence[Source]) -> str:
             items.append(f"[{source.number}] <{_url(url)}|{title}>")
         else:
             items.append(f"[{source.number}] {title}")
-    return f"*{SOURCES_LABEL}* " + " · ".join(items) if items else ""
+    return f"{SOURCES_LABEL} " + " · ".join(items) if items else ""
 
 
 def _one_line(text: str) -> str:

@@ -127,7 +127,7 @@ def sources_footer(sources: Sequence[Source]) -> str:
             items.append(f'[{source.number}] <a href="{_attr(source.url)}">{title}</a>')
         else:
             items.append(f"[{source.number}] {title}")
-    return f"<b>{escape(SOURCES_LABEL)}</b> " + " · ".join(items) if items else ""
+    return f"{escape(SOURCES_LABEL)} " + " · ".join(items) if items else ""
 
 
 def plain_sources(sources: Sequence[Source]) -> str:

@@ -316,7 +316,7 @@
       if (!sources || !sources.length) return;
       const box = document.createElement("div");
       box.className = "sources";
-      box.append("Sources: ");
+      box.append("📚 ");  // a sign, not a word: the same in every language
       sources.forEach((source, i) => {
         if (i) box.append(" · ");
         const label = `[${source.number}] ${source.title || source.location}`;
