@@ -76,6 +76,10 @@ class CoreHandler(Protocol):
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
         """The conversation's stored turns, oldest first (the browser chat shows them on reload)."""
 
+    def on_error(self, exc: BaseException, what: str) -> None:
+        """Report an unexpected error; adapters' background tasks send theirs here
+        (`adapters.shared.Tasks`), so errors are logged in one place."""
+
 
 class Adapter(Protocol):
     """A chat platform. `name` is the platform id used in `ConversationKey.platform`."""

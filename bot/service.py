@@ -178,8 +178,8 @@ class ConversationService:
                 await self._reply(adapter, msg, await self._execute(command, msg))
             else:
                 await self._question(adapter, msg)
-        except Exception:
-            log.exception("failed to handle a message in %s", msg.key)
+        except Exception as exc:
+            self.on_error(exc, f"handling a message in {msg.key}")
             with contextlib.suppress(Exception):
                 sorry = self.texts(msg).gettext("Sorry, something went wrong on my side.")
                 await self._reply(adapter, msg, sorry)
@@ -201,6 +201,11 @@ class ConversationService:
 
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
         return await self._repo.load_history(key)
+
+    def on_error(self, exc: BaseException, what: str) -> None:
+        """The one place an unexpected error ends up, whether the core caught it or an
+        adapter's background task did (botbuilder's on_turn_error): logged with its trace."""
+        log.error("%s failed", what, exc_info=exc)
 
     # -- questions -----------------------------------------------------------------------
 

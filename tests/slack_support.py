@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from adapters.shared import log_error
 from adapters.slack import SlackAdapter
 from adapters.slack.render import escape, to_mrkdwn
 from bot.app import App
@@ -146,6 +147,9 @@ class ScriptedCore:
 
     async def history(self, key: ConversationKey) -> list[str]:
         return self.stored.get(key, [])
+
+    def on_error(self, exc: BaseException, what: str) -> None:
+        log_error(exc, what)
 
 
 async def eventually(check: Callable[[], Any], within: float = 20.0) -> Any:

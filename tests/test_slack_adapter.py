@@ -298,6 +298,17 @@ async def test_slash_commands_are_acked_before_they_run(ws: SlackWorkspace) -> N
         assert msg.text == "/stats" and msg.user_id == "U0ADMIN" and msg.key.thread == ""
 
 
+async def test_stop_ends_the_work_still_running(ws: SlackWorkspace) -> None:
+    async with running(ws, admins=["U0ADMIN"]) as (adapter, core):
+        core.command_gate.clear()  # a command that never finishes by itself
+        _, rid = await ws.slash("stats", user="U0ADMIN")
+        await eventually(lambda: core.commands)
+        assert core.busy
+        await adapter.stop()
+        assert not core.busy  # stop() ended it instead of leaving it to reply later
+        assert not ws.api.responses.get(rid)
+
+
 @pytest.mark.parametrize(
     ("typed", "passed"),
     [

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
+from adapters.shared import log_error
 from adapters.telegram import TelegramAdapter
 from bot.config import Settings
 from bot.types import ConversationKey, IncomingMessage, MessageRef
@@ -61,6 +62,9 @@ class ScriptedCore:
 
     async def history(self, key: Any) -> list[Any]:
         return []
+
+    def on_error(self, exc: BaseException, what: str) -> None:
+        log_error(exc, what)
 
 
 async def retrying(op: Callable[[], Any]) -> None:

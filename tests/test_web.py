@@ -182,6 +182,8 @@ async def test_a_failing_core_still_ends_the_answer_with_a_message() -> None:
         events = await tab.until(lambda e: e["type"] == "done")
         reply = next(e for e in events if e["type"] == "reply")
         assert reply["text"] == FAILED and reply["final"]
+        assert [e.split(":")[0] for e in core.errors] == ["web"]
+        assert core.errors[0].endswith(": boom")
 
 
 async def test_too_many_waiting_questions_in_one_thread_are_refused() -> None:

@@ -36,6 +36,7 @@ class ScriptedCore:
         self.turns: dict[ConversationKey, list[Turn]] = {}
         self.gate: asyncio.Event | None = None  # when set, answers pause after two steps
         self.fail = False
+        self.errors: list[str] = []  # what reached the error hook
 
     async def handle(self, msg: IncomingMessage) -> None:
         if self.fail:
@@ -81,6 +82,9 @@ class ScriptedCore:
 
     async def history(self, key: ConversationKey) -> list[Turn]:
         return list(self.turns.get(key, []))
+
+    def on_error(self, exc: BaseException, what: str) -> None:
+        self.errors.append(f"{what}: {exc}")
 
 
 def web_settings(**kwargs: Any) -> Settings:

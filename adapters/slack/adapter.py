@@ -9,12 +9,10 @@ the model.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterLimits, CoreHandler
 from adapters.base import StartError as BaseStartError
+from adapters.shared import BoundedMap, Tasks
 from adapters.slack.locales import UserLocales
 from adapters.slack.render import mentions, sources_footer, to_mrkdwn, to_plain
 from adapters.slack.sender import THINKING, SlackSender
@@ -60,26 +59,6 @@ class StartError(BaseStartError):
     """Slack refused the tokens (or is unreachable) while starting."""
 
 
-class _Recent:
-    """A bounded set of recently seen keys (oldest forgotten first)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[Any, None] = OrderedDict()
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-    def add(self, item: Any) -> bool:
-        """Remember `item`; False if it was already there."""
-        known = item in self._items
-        self._items[item] = None
-        self._items.move_to_end(item)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return not known
-
-
 class _Replays:
     """Signatures of the signed requests taken in the last `window` seconds, at most `size`.
 
@@ -92,17 +71,14 @@ class _Replays:
     def __init__(self, window: float = REPLAY_WINDOW, size: int = 100_000) -> None:
         self._window = window
         self._size = size
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: BoundedMap[str, float] = BoundedMap(size)
 
     def first(self, signature: str, now: float) -> bool:
         """Remember `signature`; False if it was seen within the window."""
-        while self._seen and next(iter(self._seen.values())) < now - self._window:
-            self._seen.popitem(last=False)
+        self._seen.forget_oldest_while(lambda taken: taken < now - self._window)
         if signature in self._seen:
             return False
-        self._seen[signature] = now
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+        self._seen.put(signature, now)
         return True
 
 
@@ -141,9 +117,10 @@ class SlackAdapter:
         self._locales = UserLocales(self._client)
         self._handler: CoreHandler | None = None
         self._socket: AsyncSocketModeHandler | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._seen = _Recent(10_000)  # (channel, ts) of messages already taken
-        self._threads = _Recent(10_000)  # (channel, thread_ts) the bot takes part in
+        self._tasks = Tasks()
+        # (channel, ts) of messages already taken; (channel, thread_ts) the bot takes part in
+        self._seen: BoundedMap[tuple[str, object], bool] = BoundedMap(10_000)
+        self._threads: BoundedMap[tuple[str, str], bool] = BoundedMap(10_000)
         self.bot_user_id = ""
         self._bot_name = "edgeqa"  # as auth.test names it once started
         self.team_id = ""
@@ -175,6 +152,7 @@ class SlackAdapter:
         self.team_id = str(auth.get("team_id", ""))
         self._sender.identify(self.bot_user_id, self.team_id)
         self._handler = handler
+        self._tasks.on_error = handler.on_error
         if self._settings.mode == "socket":
             try:  # fail fast on a wrong app token instead of retrying forever inside connect()
                 await self._client.apps_connections_open(app_token=self._app_token)
@@ -197,6 +175,7 @@ class SlackAdapter:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
         self._handler = None
+        await self._tasks.drain()
 
     def mount(self, app: web.Application) -> None:
         """HTTP mode: the Events API and the slash command on the bot's HTTP server."""
@@ -244,7 +223,7 @@ class SlackAdapter:
         footer = self.render_sources(sources) if final else ""
         ref = await self._sender.send(key, text, final=final, after=reply_to, footer=footer)
         if key.thread:
-            self._threads.add((key.channel, key.thread))
+            self._threads.put((key.channel, key.thread), True)
         return ref
 
     async def edit(
@@ -270,30 +249,22 @@ class SlackAdapter:
     # -- receiving -----------------------------------------------------------------------
 
     def _dispatch(self, msg: IncomingMessage) -> None:
-        handler = self._handler
-        if handler is None:
-            return
+        if self._handler is not None:
+            self._tasks.spawn(self._answer(self._handler, msg), f"slack: answering in {msg.key}")
 
-        async def run() -> None:
-            try:
-                language = await self._locales.of(msg.user_id)
-                thinking = self._catalogs.for_tag(language).gettext(THINKING)
-                known = self._sender.thinking
-                known[(msg.key.channel, msg.key.thread)] = thinking
-                if len(known) > 10_000:
-                    del known[next(iter(known))]
-                await handler.handle(dataclasses.replace(msg, language=language))
-            except Exception:
-                log.exception("answering %s failed", msg.key)
-
-        task = asyncio.create_task(run(), name=f"slack {msg.key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _answer(self, handler: CoreHandler, msg: IncomingMessage) -> None:
+        """Answer in the asker's language, with "is thinking…" in it too."""
+        language = await self._locales.of(msg.user_id)
+        thinking = self._catalogs.for_tag(language).gettext(THINKING)
+        self._sender.thinking.put((msg.key.channel, msg.key.thread), thinking)
+        await handler.handle(dataclasses.replace(msg, language=language))
 
     def _question(self, key: ConversationKey, event: dict[str, Any], **kw: Any) -> None:
         """Turn an addressed message into the core's IncomingMessage (or a short note)."""
-        if not self._seen.add((key.channel, event.get("ts"))):
+        seen = (key.channel, event.get("ts"))
+        if seen in self._seen:
             return  # the same message as both app_mention and message event, or a retry
+        self._seen.put(seen, True)
         user = str(event.get("user", ""))
         # An empty text (a file alone, a bare mention) still goes to the core, which checks
         # access and answers with a short note asking for words.
@@ -303,17 +274,6 @@ class SlackAdapter:
         self._sender.note_question(key, user, str(event["ts"]))
         msg = IncomingMessage(key=key, user_id=user, text=text, message_id=str(event["ts"]), **kw)
         self._dispatch(msg)
-
-    def _spawn(self, coro: Any) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                log.warning("slack note failed: %s", exc)
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _from_bot(self, event: dict[str, Any]) -> bool:
         return bool(
@@ -331,7 +291,7 @@ class SlackAdapter:
             return
         channel = str(event["channel"])
         thread = str(event.get("thread_ts") or event["ts"])
-        self._threads.add((channel, thread))
+        self._threads.put((channel, thread), True)
         key = ConversationKey("slack", self._team(body, event), channel, thread)
         self._question(key, event)
 
@@ -369,7 +329,7 @@ class SlackAdapter:
             log.warning("history lookup for %s failed: %s", key, exc)
             return False
         if history:
-            self._threads.add((key.channel, key.thread))
+            self._threads.put((key.channel, key.thread), True)
         return bool(history)
 
     async def _on_command(
@@ -402,12 +362,12 @@ class SlackAdapter:
                     reply = to_mrkdwn(
                         await handler.command(dataclasses.replace(msg, language=language))
                     )
-                except Exception:
-                    log.exception("slash command failed")
+                except Exception as exc:
+                    handler.on_error(exc, f"slack: the slash command {text!r}")
                     reply = texts.gettext(FAILED)
             await respond(text=reply, response_type="ephemeral")
 
-        self._spawn(run())
+        self._tasks.spawn(run(), "slack: a slash command's reply")
 
 
 def command_text(text: str) -> str:

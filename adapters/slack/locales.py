@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.shared import BoundedMap
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class UserLocales:
     def __init__(self, client: AsyncWebClient, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._clock = clock
-        self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()  # user -> (locale, until)
+        self._known: BoundedMap[str, tuple[str, float]] = BoundedMap(SIZE)  # user->(locale, until)
         self.available = True  # False once Slack said the token may not read users
 
     async def of(self, user: str) -> str:
@@ -45,14 +46,10 @@ class UserLocales:
         now = self._clock()
         known = self._known.get(user)
         if known is not None and known[1] > now:
-            self._known.move_to_end(user)
             return known[0]
         locale, keep = await self._lookup(user)
         if keep:
-            self._known[user] = (locale, now + keep)
-            self._known.move_to_end(user)
-            while len(self._known) > SIZE:
-                self._known.popitem(last=False)
+            self._known.put(user, (locale, now + keep))
         return locale
 
     async def _lookup(self, user: str) -> tuple[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
+from adapters.shared import BoundedMap
 from adapters.slack.budget import EditBudget
 from adapters.slack.render import escape, to_mrkdwn
 from bot.config import SlackSettings
@@ -121,13 +121,14 @@ class SlackSender:
         self._placeholders: dict[tuple[ConversationKey, str], asyncio.Future[str]] = {}
         self._stopping: set[str] = set()  # adopted lost streams: stop before chat.update
         self._unsure: dict[tuple[ConversationKey, str], _Unsure] = {}  # by question, too
-        self._known: OrderedDict[str, None] = OrderedDict()  # ts of messages we posted
+        self._known: BoundedMap[str, bool] = BoundedMap(KNOWN)  # ts of messages we posted
         self._no_status: dict[str, float] = {}  # channel -> when to try setStatus again
         self._native = settings.native_streaming
-        self._recipients: dict[tuple[str, str], str] = {}  # (channel, thread) -> asking user
-        self._asked: dict[tuple[str, str], str] = {}  # (channel, thread) -> last question ts
+        # (channel, thread) -> the asking user; -> the last question's ts
+        self._recipients: BoundedMap[tuple[str, str], str] = BoundedMap(MEMORY)
+        self._asked: BoundedMap[tuple[str, str], str] = BoundedMap(MEMORY)
         # (channel, thread) -> "is thinking…" in the asking user's language
-        self.thinking: dict[tuple[str, str], str] = {}
+        self.thinking: BoundedMap[tuple[str, str], str] = BoundedMap(MEMORY)
         self._team_id = ""
         self._bot_user_id = ""
 
@@ -138,10 +139,8 @@ class SlackSender:
     def note_question(self, key: ConversationKey, user: str, ts: str) -> None:
         """A question arrived: a native stream in its thread goes to `user`, and a lost post
         in reply to it is looked for after `ts`. Bounded: the oldest are forgotten."""
-        for known, value in ((self._recipients, user), (self._asked, ts)):
-            known[(key.channel, key.thread)] = value
-            if len(known) > MEMORY:
-                del known[next(iter(known))]
+        self._recipients.put((key.channel, key.thread), user)
+        self._asked.put((key.channel, key.thread), ts)
 
     # -- budgets -------------------------------------------------------------------------
 
@@ -197,9 +196,7 @@ class SlackSender:
         return self._remember(str(data.get("ts", "")))
 
     def _remember(self, ts: str) -> str:
-        self._known[ts] = None
-        while len(self._known) > KNOWN:
-            self._known.popitem(last=False)
+        self._known.put(ts, True)
         return ts
 
     def _note_unsure(
@@ -244,7 +241,7 @@ class SlackSender:
 
     async def _start_stream(self, key: ConversationKey, text: str, after: str) -> str | None:
         """A native stream in the thread, or None where Slack does not offer one to us."""
-        user = self._recipients.get((key.channel, key.thread), "")
+        user = self._recipients.get((key.channel, key.thread)) or ""
         if not (self._native and key.thread and user):
             return None
         try:
@@ -280,7 +277,7 @@ class SlackSender:
     ) -> MessageRef:
         """Post `text` (and under it `footer`, mrkdwn already); `after` is the ts of the
         question it answers (see _adopt_lost_post)."""
-        after = after or self._asked.get((key.channel, key.thread), "")
+        after = after or (self._asked.get((key.channel, key.thread)) or "")
         body = _render(text, footer) if final else escape(text)
         mode: Literal["update", "stream"] = "update"
         ts = ""
@@ -375,7 +372,7 @@ class SlackSender:
         """assistant.threads.setStatus in a thread; elsewhere (or where Slack refuses it) a
         placeholder message that the first text of the answer to `question` (its ts) then
         replaces — no other message, so answers stay in the order of their questions."""
-        after = question or self._asked.get((key.channel, key.thread), "")
+        after = question or (self._asked.get((key.channel, key.thread)) or "")
         if (key, after) in self._placeholders or any(
             live.key == key for live in self._live.values()
         ):
@@ -383,7 +380,7 @@ class SlackSender:
         if lost := await self._adopt_lost_post(key, after):
             self._placeholders[(key, after)] = _done(lost)
             return
-        thinking = self.thinking.get((key.channel, key.thread), THINKING)
+        thinking = self.thinking.get((key.channel, key.thread)) or THINKING
         if key.thread and time.monotonic() >= self._no_status.get(key.channel, 0.0):
             try:
                 await self._api(

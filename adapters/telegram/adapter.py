@@ -10,14 +10,12 @@ parse error falls back to plain text, and network trouble / 5xx become PlatformE
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import itertools
 import logging
 import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,10 +42,10 @@ from adapters.base import (
     RateLimited,
     Refused,
 )
+from adapters.shared import BoundedMap, Tasks
 from adapters.telegram.render import plain_sources, render, sources_footer, visible_text
 from adapters.telegram.routing import (
     PLATFORM,
-    BoundedMap,
     Route,
     Router,
     Unsupported,
@@ -117,13 +115,13 @@ class TelegramAdapter:
         self._handler: CoreHandler | None = None
         self._router: Router | None = None
         self._running = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._paused_until: dict[int, float] = {}  # chat id -> monotonic time (429)
         self._draft_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
         self._no_drafts: set[int] = set()  # chats where sendMessageDraft was refused
         self._drafts: BoundedMap[tuple[int, int], int] = BoundedMap(5000)  # -> sent message
         self._shown: BoundedMap[tuple[int, int], tuple[str, bool]] = BoundedMap(5000)
-        self._recent_updates: deque[int] = deque(maxlen=2000)
+        self._recent_updates: BoundedMap[int, bool] = BoundedMap(2000)
         self._streaming: dict[int, dict[str, float]] = {}  # group -> thread -> last write
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -134,6 +132,7 @@ class TelegramAdapter:
 
     async def start(self, handler: CoreHandler) -> None:
         self._handler = handler
+        self._tasks.on_error = handler.on_error
         try:
             await self._app.initialize()  # getMe: who we are, so mentions can be recognised
         except Exception as exc:
@@ -176,9 +175,7 @@ class TelegramAdapter:
             await self._app.updater.stop()
         if self._app.running:
             await self._app.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.drain()
         await self._app.shutdown()
         # The webhook stays set on purpose: other replicas may still be serving it.
 
@@ -246,7 +243,7 @@ class TelegramAdapter:
         """Runs in PTB's update loop: decide quickly, answer in a task of its own."""
         if update.update_id in self._recent_updates:
             return  # a webhook redelivery
-        self._recent_updates.append(update.update_id)
+        self._recent_updates.put(update.update_id, True)
         message = update.message
         if message is None or self._router is None or self._handler is None:
             return
@@ -255,13 +252,16 @@ class TelegramAdapter:
         if isinstance(route, Unsupported):
             if self._allowed(user_id, chat_id):
                 texts = self._catalogs.for_tag(_language_of(message))
-                self._spawn(self.send(route.key, texts.gettext(TEXT_ONLY), final=True))
+                self._tasks.spawn(
+                    self.send(route.key, texts.gettext(TEXT_ONLY), final=True),
+                    "telegram: the text-only hint",
+                )
             return
         if route is None or not route.text:
             log.debug("telegram: update %s in chat %s not for us", update.update_id, chat_id)
             return
         msg = self._incoming(message, route, user_id)
-        self._spawn(self._handler.handle(msg))
+        self._tasks.spawn(self._handler.handle(msg), f"telegram: answering in {msg.key}")
 
     @staticmethod
     def _incoming(message: Any, route: Route, user_id: int) -> IncomingMessage:
@@ -282,19 +282,6 @@ class TelegramAdapter:
             log.info("telegram: ignored a message from user %s (not allowed)", user_id)
             return False
         return not chats or str(chat_id) in chats or bool(users)
-
-    def _spawn(self, work: Awaitable[object]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("telegram: handling a message failed")
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _polling_failed(exc: TelegramError) -> None:

@@ -14,43 +14,16 @@ addressing rules testable without a network.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from telegram import Message, MessageEntity
 from telegram.constants import ChatType
 
+from adapters.shared import BoundedMap
 from bot.types import ConversationKey
 
 PLATFORM = "telegram"
 TOPIC_PREFIX = "topic:"
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class BoundedMap(Generic[K, V]):
-    """A dict that forgets its least recently used entries past `size`."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self._size:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ token) lives in `adapters.web.routes`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
+from adapters.shared import Tasks
 from adapters.web.routes import WebRoutes
 from adapters.web.state import LiveState, source_dicts
 from bot.config import Settings
@@ -45,7 +45,7 @@ class WebChatAdapter:
         self.state = LiveState()
         self.catalogs = Catalogs(settings.bot.language)
         self.handler: CoreHandler | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         token = settings.web_token.get_secret_value() if settings.web_token else None
         self.routes = WebRoutes(self, token=token or None)
 
@@ -56,6 +56,7 @@ class WebChatAdapter:
 
     async def start(self, handler: CoreHandler) -> None:
         self.handler = handler
+        self._tasks.on_error = handler.on_error
         login = " (open /?token=<EDGEQA_WEB_TOKEN> once)" if self.routes.token else ""
         log.info("browser chat ready at / on the HTTP server%s", login)
 
@@ -63,10 +64,7 @@ class WebChatAdapter:
         """End the running questions, then the event streams (so the HTTP server can shut
         down). In that order: each question's `done` goes out before its page's stream ends."""
         self.handler = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.drain()
         self.state.close_all()
 
     # --- questions from the page ---------------------------------------------------------
@@ -84,9 +82,7 @@ class WebChatAdapter:
             language=language,
         )
         self.state.ask(key, message_id, text)
-        task = asyncio.create_task(self._answer(msg), name=f"web-ask-{message_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._answer(msg), f"web: answering in {key}")
         return message_id
 
     async def _answer(self, msg: IncomingMessage) -> None:
@@ -94,13 +90,11 @@ class WebChatAdapter:
             if self.handler is None:
                 raise RuntimeError("the browser chat is not started")
             await self.handler.handle(msg)
-        except asyncio.CancelledError:
-            raise
         except Exception:
-            log.exception("answering a browser question failed (%s)", msg.key)
+            # The page waits for an answer: it gets one, and the error goes to the core's hook.
             failed = self.catalogs.for_tag(msg.language).gettext(FAILED)
-            ref = await self.send(msg.key, failed, reply_to=msg.message_id, final=True)
-            log.debug("told the page about the failure in %s", ref.message_id)
+            await self.send(msg.key, failed, reply_to=msg.message_id, final=True)
+            raise
         finally:
             self.state.finish(msg.key, msg.message_id, command=msg.text.startswith("/"))
 
