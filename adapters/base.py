@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol
 
 from aiohttp import web
 
@@ -61,7 +61,6 @@ class AdapterLimits:
 
     max_message_len: int
     edit_interval: float
-    has_typing: bool = False
 
 
 class CoreHandler(Protocol):
@@ -82,16 +81,27 @@ class CoreHandler(Protocol):
 
 
 class Adapter(Protocol):
-    """A chat platform. `name` is the platform id used in `ConversationKey.platform`."""
+    """A chat platform. `name` is the platform id used in `ConversationKey.platform`.
+
+    What a platform can do beyond sending and editing is declared as class attributes (as
+    simonw/llm's models declare `can_stream`); the core reads these flags and nothing else
+    before using the matching method, which `BaseAdapter` gives every adapter as a no-op.
+    """
 
     name: str
     limits: AdapterLimits
+    shows_typing: ClassVar[bool]  # typing() shows an indicator: worth calling while thinking
+    serves_http: ClassVar[bool]  # mount() adds routes (webhooks, the page) to the HTTP server
+    shows_progress: ClassVar[bool]  # progress() shows queue position and speed by an answer
+    # Users type commands otherwise than "/name" (Slack: "/edgeqa name", "@edgeqa name"), as
+    # command_syntax says; help texts and refusals then name them that way.
+    names_commands: ClassVar[bool]
 
     async def start(self, handler: CoreHandler) -> None:
         """Connect and begin delivering messages to `handler`; returns once running."""
 
     async def stop(self) -> None:
-        """Disconnect; in-flight sends may still complete."""
+        """Disconnect and end the adapter's own tasks; in-flight sends may still complete."""
 
     async def send(
         self,
@@ -122,37 +132,42 @@ class Adapter(Protocol):
         sources otherwise); the flusher keeps its length free in the last message."""
 
     async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
-        """Show a typing / thinking indicator, if the platform has one (else do nothing).
-        `reply_to` is the question it is for: where the indicator is a message, only the
-        answer to that question takes it over."""
+        """Show a typing / thinking indicator (`shows_typing`). `reply_to` is the question it
+        is for: where the indicator is a message, only the answer to that question takes it
+        over."""
 
     def edit_interval(self, key: ConversationKey) -> float:
         """Seconds to wait between edits for this conversation right now (may vary with load)."""
 
+    def mount(self, app: web.Application) -> None:
+        """Add the adapter's routes to the bot's one HTTP server (`serves_http`), before it
+        starts."""
 
-@runtime_checkable
-class HttpMounted(Protocol):
-    """An adapter that serves HTTP (webhooks, the browser chat) on the bot's one HTTP server.
-
-    The app calls `mount(app)` before the server starts; the adapter adds its routes.
-    """
-
-    def mount(self, app: web.Application) -> None: ...
-
-
-@runtime_checkable
-class ShowsProgress(Protocol):
-    """An adapter that can show queue position and speed next to an answer."""
-
-    async def progress(
-        self, key: ConversationKey, ref: MessageRef | None, info: Progress
-    ) -> None: ...
-
-
-@runtime_checkable
-class NamesCommands(Protocol):
-    """An adapter whose users type commands otherwise than "/name" (Slack: "/edgeqa name",
-    "@edgeqa name"); help texts and refusals then name them that way."""
+    async def progress(self, key: ConversationKey, ref: MessageRef | None, info: Progress) -> None:
+        """Show queue position and speed next to an answer (`shows_progress`)."""
 
     @property
-    def command_syntax(self) -> CommandSyntax: ...
+    def command_syntax(self) -> CommandSyntax:
+        """How users type commands here (`names_commands`)."""
+
+
+class BaseAdapter:
+    """Every capability off, and its method a no-op: an adapter turns on what it has."""
+
+    shows_typing: ClassVar[bool] = False
+    serves_http: ClassVar[bool] = False
+    shows_progress: ClassVar[bool] = False
+    names_commands: ClassVar[bool] = False
+
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
+        return None
+
+    def mount(self, app: web.Application) -> None:
+        return None
+
+    async def progress(self, key: ConversationKey, ref: MessageRef | None, info: Progress) -> None:
+        return None
+
+    @property
+    def command_syntax(self) -> CommandSyntax:
+        return CommandSyntax()

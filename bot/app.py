@@ -13,7 +13,7 @@ import signal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from adapters.base import Adapter, HttpMounted
+from adapters.base import Adapter
 from bot.config import Settings
 from bot.http import HttpServer, build_app
 from bot.metrics import Metrics
@@ -87,7 +87,7 @@ class App:
         http_app = build_app(self.metrics, self._health)
         for adapter in self.adapters:
             self.service.register(adapter)
-            if isinstance(adapter, HttpMounted):
+            if adapter.serves_http:
                 adapter.mount(http_app)
         self.http = HttpServer(http_app, self.settings.web.host, self.settings.web.port)
         await self.http.start()

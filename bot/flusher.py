@@ -27,7 +27,6 @@ from adapters.base import (
     PlatformError,
     RateLimited,
     Refused,
-    ShowsProgress,
 )
 from bot.i18n import N_, Texts, english
 from bot.types import ConversationKey, MessageRef, Progress, Source
@@ -135,7 +134,7 @@ class StreamFlusher:
         queue placeholder into a "thinking" one)."""
         if self._status:
             self.status(self.texts.gettext(THINKING))
-        if self._adapter.limits.has_typing and self._typing_task is None and not self._text:
+        if self._adapter.shows_typing and self._typing_task is None and not self._text:
             self._typing_task = asyncio.create_task(self._typing())
 
     def feed(self, text: str) -> None:
@@ -279,7 +278,7 @@ class StreamFlusher:
             if self._text:
                 self._text_shown = True
             break
-        if isinstance(self._adapter, ShowsProgress) and self._progress != self._progress_sent:
+        if self._adapter.shows_progress and self._progress != self._progress_sent:
             self._progress_sent = self._progress
             await self._adapter.progress(self._key, self._current().ref, self._progress)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from adapters.base import Adapter, NamesCommands
+from adapters.base import Adapter
 from bot.access import AccessPolicy
 from bot.commands import Activity, Command, CommandContext, execute, parse_command
 from bot.config import Settings
@@ -455,7 +455,7 @@ class ConversationService:
 
     async def _execute(self, command: Command, msg: IncomingMessage) -> str:
         adapter = self._adapters.get(msg.key.platform)
-        syntax = adapter.command_syntax if isinstance(adapter, NamesCommands) else CommandSyntax()
+        syntax = adapter.command_syntax if adapter and adapter.names_commands else CommandSyntax()
         is_admin = self._access.is_admin(msg.key.platform, msg.user_id)
         if command.spec is not None and command.spec.admin and not is_admin:
             log.info(

@@ -12,8 +12,9 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from adapters.base import AdapterLimits, CoreHandler, MessageTooLong, PlatformError
+from adapters.base import AdapterLimits, BaseAdapter, CoreHandler, MessageTooLong, PlatformError
 from bot.types import ConversationKey, MessageRef, Progress, Source
 from llm.base import (
     ChatMessage,
@@ -44,14 +45,15 @@ class Op:
 
 
 @dataclass
-class RecordingAdapter:
+class RecordingAdapter(BaseAdapter):
     """Keeps what a chat would show; faults are queued per operation kind."""
+
+    shows_typing: ClassVar[bool] = True
+    shows_progress: ClassVar[bool] = True
 
     name: str = "test"
     limits: AdapterLimits = field(
-        default_factory=lambda: AdapterLimits(
-            max_message_len=4000, edit_interval=0.05, has_typing=True
-        )
+        default_factory=lambda: AdapterLimits(max_message_len=4000, edit_interval=0.05)
     )
     ops: list[Op] = field(default_factory=list)
     shown: dict[str, str] = field(default_factory=dict)

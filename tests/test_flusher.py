@@ -24,7 +24,7 @@ KEY = ConversationKey("test", "", "chat", "thread")
 
 
 def adapter(max_len: int = 4000, interval: float = 0.05) -> RecordingAdapter:
-    return RecordingAdapter(limits=AdapterLimits(max_len, interval, has_typing=True))
+    return RecordingAdapter(limits=AdapterLimits(max_len, interval))
 
 
 async def stream(flusher: StreamFlusher, pieces: list[str], delay: float) -> None:

@@ -27,7 +27,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterLimits, CoreHandler
+from adapters.base import AdapterLimits, BaseAdapter, CoreHandler
 from adapters.base import StartError as BaseStartError
 from adapters.shared import BoundedMap, Tasks
 from adapters.slack.locales import UserLocales
@@ -82,8 +82,11 @@ class _Replays:
         return True
 
 
-class SlackAdapter:
+class SlackAdapter(BaseAdapter):
     name = "slack"
+    shows_typing = True
+    serves_http = True  # in HTTP mode; mount() adds nothing in Socket Mode
+    names_commands = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings.slack
@@ -91,7 +94,6 @@ class SlackAdapter:
         self.limits = AdapterLimits(
             max_message_len=section.max_message_len,
             edit_interval=section.edit_interval,
-            has_typing=True,
         )
         token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
         self._app_token = (

@@ -36,6 +36,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from adapters.base import (
     AdapterLimits,
+    BaseAdapter,
     CoreHandler,
     MessageTooLong,
     PlatformError,
@@ -86,10 +87,12 @@ def _too_long(text: str) -> bool:
     return len(text.encode("utf-16-le")) // 2 > TELEGRAM_LIMIT
 
 
-class TelegramAdapter:
-    """The Telegram platform (name "telegram"); implements Adapter and HttpMounted."""
+class TelegramAdapter(BaseAdapter):
+    """The Telegram platform (name "telegram")."""
 
     name = PLATFORM
+    shows_typing = True
+    serves_http = True  # in webhook mode; mount() adds nothing when polling
 
     def __init__(self, settings: Settings) -> None:
         if settings.telegram_token is None:
@@ -110,7 +113,6 @@ class TelegramAdapter:
         self.limits = AdapterLimits(
             max_message_len=self._tg.max_message_len,
             edit_interval=self._tg.edit_interval,
-            has_typing=True,
         )
         self._handler: CoreHandler | None = None
         self._router: Router | None = None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from adapters.base import AdapterLimits, CoreHandler, MessageTooLong
+from adapters.base import AdapterLimits, BaseAdapter, CoreHandler, MessageTooLong
 from adapters.shared import Tasks
 from adapters.web.routes import WebRoutes
 from adapters.web.state import LiveState, source_dicts
@@ -30,17 +30,19 @@ MAX_MESSAGE_LEN = 20_000
 FAILED = N_("Sorry, something went wrong while answering. Please try again.")
 
 
-class WebChatAdapter:
-    """Adapter, HttpMounted and ShowsProgress for the page served at `/`."""
+class WebChatAdapter(BaseAdapter):
+    """The adapter for the page served at `/`."""
 
     name = PLATFORM
+    shows_typing = True
+    serves_http = True
+    shows_progress = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = AdapterLimits(
             max_message_len=MAX_MESSAGE_LEN,
             edit_interval=settings.web.edit_interval,
-            has_typing=True,
         )
         self.state = LiveState()
         self.catalogs = Catalogs(settings.bot.language)
@@ -145,7 +147,7 @@ class WebChatAdapter:
     def edit_interval(self, key: ConversationKey) -> float:
         return self.settings.web.edit_interval
 
-    # --- ShowsProgress -------------------------------------------------------------------
+    # --- progress ------------------------------------------------------------------------
 
     async def progress(self, key: ConversationKey, ref: MessageRef | None, info: Progress) -> None:
         exchange = ref.get("exchange") if ref is not None else ""
