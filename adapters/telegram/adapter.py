@@ -1,58 +1,28 @@
-"""Telegram through python-telegram-bot: receive (long polling or webhook), send, edit, draft.
+"""Telegram through python-telegram-bot: start, the "/" menu, receiving (long polling or
+webhook) and handing messages to the core.
 
-The core streams an answer as send -> edit... -> edit(final). In private chats that stream
-goes into a native draft (sendMessageDraft: a live preview, no edit limits) and the final
-text becomes a real message; elsewhere one message is edited. Telegram's refusals are turned
-into what the core understands: a 429 pauses the whole chat (every conversation in it) for
-the time asked and surfaces as RateLimited, "message is not modified" is success, an HTML
-parse error falls back to plain text, and network trouble / 5xx become PlatformError.
+Which messages are for the bot is `routing`; putting answers into Telegram (drafts, HTML
+with a plain-text fallback, the sources footer, Telegram's refusals) is `sender`; how often
+it may write to a chat is `cadence`; Markdown to Telegram HTML is `render`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import itertools
 import logging
-import time
-import warnings
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
-from telegram import BotCommand, BotCommandScopeChat, ReplyParameters, Update
-from telegram.constants import ChatAction, ParseMode
-from telegram.error import (
-    BadRequest,
-    ChatMigrated,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-)
+from telegram import BotCommand, BotCommandScopeChat, Update
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
-from telegram.warnings import PTBDeprecationWarning
 
-from adapters.base import (
-    AdapterLimits,
-    BaseAdapter,
-    CoreHandler,
-    MessageTooLong,
-    PlatformError,
-    RateLimited,
-    Refused,
-)
+from adapters.base import AdapterLimits, BaseAdapter, CoreHandler, PlatformError
 from adapters.shared import BoundedMap, Tasks
-from adapters.telegram.render import plain_sources, render, sources_footer, visible_text
-from adapters.telegram.routing import (
-    PLATFORM,
-    Route,
-    Router,
-    Unsupported,
-    is_group_chat,
-    topic_of,
-)
+from adapters.telegram.cadence import ChatCadence
+from adapters.telegram.routing import PLATFORM, Route, Router, Unsupported
+from adapters.telegram.sender import TelegramSender
 from bot.commands import COMMANDS
 from bot.config import Settings
 from bot.i18n import N_, Catalogs, Texts
@@ -60,10 +30,6 @@ from bot.types import ConversationKey, IncomingMessage, MessageRef, Source
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-TELEGRAM_LIMIT = 4096  # characters per message, after entity parsing
-ACTIVE_FOR = 10.0  # seconds a group conversation counts as streaming after its last write
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message"]  # edits, channel posts, reactions... never reach us
 TEXT_ONLY = N_("I can only read text messages — please type your question.")
@@ -73,18 +39,6 @@ def _language_of(message: Any) -> str:
     """The sender's Telegram app language (an IETF tag such as "zh-hans"), "" if not sent."""
     user = message.from_user
     return str(user.language_code or "") if user is not None else ""
-
-
-UNKNOWN_MESSAGE = 0  # a message sent whose reply (and so its id) could not be read
-
-
-class Unreadable(PlatformError):
-    """Telegram carried out the call but its reply could not be read: not to be repeated."""
-
-
-def _too_long(text: str) -> bool:
-    # Telegram counts UTF-16 code units in places; counting them here is the safe side.
-    return len(text.encode("utf-16-le")) // 2 > TELEGRAM_LIMIT
 
 
 class TelegramAdapter(BaseAdapter):
@@ -118,13 +72,9 @@ class TelegramAdapter(BaseAdapter):
         self._router: Router | None = None
         self._running = False
         self._tasks = Tasks()
-        self._paused_until: dict[int, float] = {}  # chat id -> monotonic time (429)
-        self._draft_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
-        self._no_drafts: set[int] = set()  # chats where sendMessageDraft was refused
-        self._drafts: BoundedMap[tuple[int, int], int] = BoundedMap(5000)  # -> sent message
-        self._shown: BoundedMap[tuple[int, int], tuple[str, bool]] = BoundedMap(5000)
+        self._cadence = ChatCadence(self._tg)
+        self._sender = TelegramSender(self._app.bot, self._tg, self._cadence)
         self._recent_updates: BoundedMap[int, bool] = BoundedMap(2000)
-        self._streaming: dict[int, dict[str, float]] = {}  # group -> thread -> last write
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -151,6 +101,7 @@ class TelegramAdapter(BaseAdapter):
             raise PlatformError(f"cannot reach the Telegram Bot API: {detail}") from None
         bot = self._app.bot
         self._router = Router(bot.id, bot.username, self._tg.trigger_prefix)
+        self._sender.router = self._router
         await self._register_commands()
         if self._webhook:
             await self._app.start()
@@ -293,36 +244,7 @@ class TelegramAdapter(BaseAdapter):
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.warning("telegram: error while processing an update: %s", context.error)
 
-    # -- sending -------------------------------------------------------------------------
-
-    def edit_interval(self, key: ConversationKey) -> float:
-        """Private chats: edit_interval. Groups: group_edit_interval shared by the answers
-        streaming there at once (Telegram allows about 20 messages or edits a minute per
-        group, not per conversation). Longer while the chat is paused by a 429."""
-        chat_id = int(key.channel)
-        interval = self._tg.edit_interval
-        if is_group_chat(chat_id):
-            now = time.monotonic()
-            active = self._streaming.setdefault(chat_id, {})
-            for thread, last in list(active.items()):
-                if now - last > ACTIVE_FOR:
-                    del active[thread]
-            others = len(active.keys() - {key.thread})
-            interval = self._tg.group_edit_interval * (1 + others)
-        return max(interval, self._pause_left(chat_id))
-
-    def _wrote(self, key: ConversationKey) -> None:
-        """Note that a conversation in a group just sent or edited (see edit_interval)."""
-        chat_id = int(key.channel)
-        if is_group_chat(chat_id):
-            self._streaming.setdefault(chat_id, {})[key.thread] = time.monotonic()
-
-    def _pause_left(self, chat_id: int) -> float:
-        return max(0.0, self._paused_until.get(chat_id, 0.0) - time.monotonic())
-
-    def _drafts_allowed(self, chat_id: int) -> bool:
-        # sendMessageDraft exists for private chats only.
-        return self._tg.use_drafts and not is_group_chat(chat_id) and chat_id not in self._no_drafts
+    # -- sending (see sender.py; cadence.py for how often) -------------------------------
 
     async def send(
         self,
@@ -333,16 +255,7 @@ class TelegramAdapter(BaseAdapter):
         final: bool = False,
         sources: Sequence[Source] = (),
     ) -> MessageRef:
-        chat_id = int(key.channel)
-        if not final and self._drafts_allowed(chat_id):
-            draft_id = next(self._draft_ids)
-            if await self._draft(chat_id, key, draft_id, text):
-                return MessageRef(key, f"draft:{draft_id}", (("draft_id", str(draft_id)),))
-        reply = None
-        if reply_to.isdigit() and is_group_chat(chat_id):
-            reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
-        message_id = await self._send_message(key, text, final=final, reply=reply, sources=sources)
-        return MessageRef(key, str(message_id))
+        return await self._sender.send(key, text, reply_to=reply_to, final=final, sources=sources)
 
     async def edit(
         self,
@@ -352,183 +265,13 @@ class TelegramAdapter(BaseAdapter):
         final: bool = False,
         sources: Sequence[Source] = (),
     ) -> None:
-        key = ref.key
-        chat_id = int(key.channel)
-        if draft := ref.get("draft_id"):
-            sent = self._drafts.get((chat_id, int(draft)))
-            if sent is None:
-                if not final and await self._draft(chat_id, key, int(draft), text):
-                    return
-                # The final text (or a chat that stopped taking drafts) becomes a real message.
-                message_id = await self._send_message(
-                    key, text, final=final, reply=None, sources=sources
-                )
-                self._drafts.put((chat_id, int(draft)), message_id)
-                return
-            message_id = sent
-        else:
-            message_id = int(ref.message_id)
-        shown = (text + self.render_sources(sources), final)
-        if self._shown.get((chat_id, message_id)) == shown:
-            return  # never send Telegram an unchanged text
-        if message_id == UNKNOWN_MESSAGE:
-            raise Refused("Telegram: the message to edit was sent, but its id is unknown")
-        with contextlib.suppress(Unreadable):  # edited; only the reply was unreadable
-            await self._rendered(
-                chat_id,
-                text,
-                final,
-                lambda body, mode: self._app.bot.edit_message_text(
-                    body, chat_id=chat_id, message_id=message_id, parse_mode=mode
-                ),
-                sources,
-            )
-        self._shown.put((chat_id, message_id), shown)
-        self._wrote(key)
-
-    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
-        chat_id = int(key.channel)
-        if self._pause_left(chat_id):
-            return
-        try:
-            await self._app.bot.send_chat_action(
-                chat_id, ChatAction.TYPING, message_thread_id=topic_of(key.thread)
-            )
-        except TelegramError as exc:  # cosmetic; but a 429 still pauses the chat
-            error = self._translate(chat_id, exc)
-            log.debug("telegram: typing in %s failed: %s", chat_id, error)
-        except Exception as exc:
-            log.debug("telegram: typing in %s: unreadable reply: %r", chat_id, exc)
-
-    async def _draft(self, chat_id: int, key: ConversationKey, draft_id: int, text: str) -> bool:
-        """Show `text` as a live draft. False if this chat does not take drafts."""
-        self._check(chat_id, text)
-        try:
-            await self._app.bot.send_message_draft(
-                chat_id, draft_id, text, message_thread_id=topic_of(key.thread)
-            )
-        except BadRequest as exc:
-            if "not modified" in exc.message.lower():
-                return True
-            return self._no_drafts_in(chat_id, exc)
-        except (RetryAfter, NetworkError) as exc:
-            # Flood control pauses the chat; a 5xx or a lost connection fails this draft
-            # only, and the flusher backs off before the next one.
-            raise self._translate(chat_id, exc) from exc
-        except TelegramError as exc:
-            # Any other refusal — 404 (a server without sendMessageDraft, where PTB raises
-            # InvalidToken), 403, 409 — means no drafts here: edits from now on.
-            return self._no_drafts_in(chat_id, exc)
-        except Exception as exc:
-            log.debug("telegram: unreadable reply to a draft in %s: %r", chat_id, exc)
-        return True
-
-    def _no_drafts_in(self, chat_id: int, exc: Exception) -> bool:
-        log.info("telegram: drafts refused in chat %s (%s); editing instead", chat_id, exc)
-        self._no_drafts.add(chat_id)
-        return False
+        await self._sender.edit(ref, text, final=final, sources=sources)
 
     def render_sources(self, sources: Sequence[Source]) -> str:
-        return sources_footer(sources)
+        return self._sender.render_sources(sources)
 
-    async def _send_message(
-        self,
-        key: ConversationKey,
-        text: str,
-        *,
-        final: bool,
-        reply: ReplyParameters | None,
-        sources: Sequence[Source] = (),
-    ) -> int:
-        chat_id = int(key.channel)
-        topic = topic_of(key.thread)
-        try:
-            message = await self._rendered(
-                chat_id,
-                text,
-                final,
-                lambda body, mode: self._app.bot.send_message(
-                    chat_id, body, parse_mode=mode, message_thread_id=topic, reply_parameters=reply
-                ),
-                sources,
-            )
-        except Unreadable:
-            # Sent, but its id is unknown: an edit of it will be refused and the flusher then
-            # sends the text anew; a final text needs no edit.
-            return UNKNOWN_MESSAGE
-        if message is None:
-            raise PlatformError("Telegram: sendMessage returned nothing")
-        message_id = int(message.message_id)
-        if self._router is not None:  # a reply to this answer continues the chain
-            self._router.remember(chat_id, message_id, key.thread)
-        self._shown.put((chat_id, message_id), (text + self.render_sources(sources), final))
-        self._wrote(key)
-        return message_id
+    async def typing(self, key: ConversationKey, *, reply_to: str = "") -> None:
+        await self._sender.typing(key, reply_to=reply_to)
 
-    async def _rendered(
-        self,
-        chat_id: int,
-        text: str,
-        final: bool,
-        call: Callable[[str, str | None], Awaitable[T]],
-        sources: Sequence[Source] = (),
-    ) -> T | None:
-        """Run a send/edit: the final text as HTML (plain if Telegram can't take that),
-        with the sources footer under it; streaming updates as plain text. "Not modified"
-        returns None."""
-        if final and sources:
-            plain = f"{text}\n\n{plain_sources(sources)}"
-            html = f"{render(text)}\n\n{sources_footer(sources)}"
-        else:
-            plain, html = text, render(text) if final else ""
-        self._check(chat_id, plain)
-        text, body, mode = plain, plain, None
-        if final and html.strip() and not _too_long(visible_text(html)):
-            body, mode = html, ParseMode.HTML
-        try:
-            try:
-                return await call(body, mode)
-            except BadRequest as exc:
-                reason = exc.message.lower()
-                if mode is None or not ("can't parse entities" in reason or "too long" in reason):
-                    raise
-                log.info("telegram: HTML refused in chat %s (%s); sending plain text", chat_id, exc)
-                return await call(text, None)
-        except BadRequest as exc:
-            if "message is not modified" in exc.message.lower():
-                return None
-            raise self._translate(chat_id, exc) from exc
-        except TelegramError as exc:
-            raise self._translate(chat_id, exc) from exc
-        except Exception as exc:
-            # Telegram answered "ok" but PTB could not read the reply (a malformed date, a
-            # missing field): the call was carried out, so it is not repeated.
-            log.warning("telegram: unreadable reply in chat %s: %r", chat_id, exc)
-            raise Unreadable(f"Telegram: unreadable reply: {exc!r}") from exc
-
-    def _check(self, chat_id: int, text: str) -> None:
-        """Refuse before asking Telegram when the answer is sure to be no."""
-        if _too_long(text):
-            raise MessageTooLong(f"{len(text)} characters is over Telegram's {TELEGRAM_LIMIT}")
-        if left := self._pause_left(chat_id):
-            raise RateLimited(left, f"chat {chat_id} is paused by Telegram's flood control")
-
-    def _translate(self, chat_id: int, exc: TelegramError) -> PlatformError:
-        """Telegram's error -> the core's vocabulary (see adapters.base)."""
-        if isinstance(exc, RetryAfter):
-            with warnings.catch_warnings():  # PTB warns that the type will become timedelta
-                warnings.simplefilter("ignore", PTBDeprecationWarning)
-                wait = exc.retry_after
-            seconds = float(wait if isinstance(wait, int | float) else wait.total_seconds())
-            self._paused_until[chat_id] = time.monotonic() + seconds
-            log.info("telegram: flood control in chat %s: paused %.0fs", chat_id, seconds)
-            return RateLimited(seconds, "Telegram flood control")
-        if isinstance(exc, BadRequest) and "too long" in exc.message.lower():
-            return MessageTooLong(exc.message)
-        if isinstance(exc, Forbidden | ChatMigrated | InvalidToken):
-            # Blocked by the user, removed from the group, group upgraded: not worth retrying.
-            log.warning("telegram: may not write in chat %s: %s", chat_id, exc)
-            return Refused(f"Telegram: {exc}")
-        if isinstance(exc, BadRequest):  # deleted message, unknown chat...: the same again
-            return Refused(f"Telegram: {exc}")
-        return PlatformError(f"Telegram: {exc}")  # 5xx, timeouts, dropped connections
+    def edit_interval(self, key: ConversationKey) -> float:
+        return self._cadence.edit_interval(key)
