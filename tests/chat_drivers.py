@@ -397,7 +397,7 @@ async def answered(
     return found
 
 
-DRIVERS = {
+DRIVERS: dict[str, Callable[..., Driver]] = {
     "web": WebDriver,
     "telegram": TelegramDriver,
     "slack-dm": SlackDriver,

@@ -27,7 +27,7 @@ from tests.storage_support import BACKENDS, database_url, open_repo
 try:
     from tests.tiny_gguf import write_tiny_model
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from tiny_gguf import write_tiny_model  # type: ignore[no-redef]
+    from tiny_gguf import write_tiny_model  # type: ignore[no-redef,import-not-found]
 
 # Distinct bytes, several multi-byte characters: a CJK character, an accent, €, an emoji.
 TINY_SCRIPT = "Hi 中é€😀!"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from knowledge.base import KnowledgeBase
 from knowledge.config import CollectionRule, KnowledgeSettings, SourceSettings
@@ -97,11 +98,11 @@ def settings(
         "embedding_model": "",
     }
     values.update(changes)
-    return KnowledgeSettings(**values)  # type: ignore[arg-type]
+    return KnowledgeSettings(**values)
 
 
-async def locations(kb: KnowledgeBase, query: str, **kwargs: object) -> list[str]:
-    return [p.location for p in await kb.retrieve(query, **kwargs)]  # type: ignore[arg-type]
+async def locations(kb: KnowledgeBase, query: str, **kwargs: Any) -> list[str]:
+    return [p.location for p in await kb.retrieve(query, **kwargs)]
 
 
 TRAVEL_MD = """# Travel Policy

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from bot.app import App
 from bot.config import Settings, SlackSettings
 from bot.flusher import StreamFlusher
 from bot.types import ConversationKey, IncomingMessage
+from storage.base import Turn
 from tests.fakes.slack_workspace import SIGNING_SECRET, SlackWorkspace
 from tests.harness import Start, as_shown, pieces, running_app, test_settings
 
@@ -145,8 +147,11 @@ class ScriptedCore:
             await self.command_gate.wait()
             return self.command_reply
 
-    async def history(self, key: ConversationKey) -> list[str]:
-        return self.stored.get(key, [])
+    async def history(self, key: ConversationKey) -> list[Turn]:
+        return [
+            Turn("", "", text, "complete", 0, 0, datetime.now(UTC))
+            for text in self.stored.get(key, [])
+        ]
 
     def on_error(self, exc: BaseException, what: str) -> None:
         log_error(exc, what)

@@ -68,6 +68,7 @@ async def test_greedy_answer_matches_llama_cpp_python_non_streamed(
         temperature=0.0,
         repeat_penalty=1.0,
     )
+    assert isinstance(reference, dict)  # not a stream
     assert text == reference["choices"][0]["message"]["content"]
     assert stats.generated_tokens == 40 and stats.finish_reason == "length"
     assert stats.prompt_tokens == reference["usage"]["prompt_tokens"]

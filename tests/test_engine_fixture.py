@@ -12,8 +12,11 @@ def _answer(path: Path, question: str) -> tuple[str, str]:
     out = llm.create_chat_completion(
         [{"role": "user", "content": question}], max_tokens=20, temperature=0
     )
+    assert isinstance(out, dict)  # not a stream
     choice = out["choices"][0]
-    return choice["message"]["content"], choice["finish_reason"]
+    content, reason = choice["message"]["content"], choice["finish_reason"]
+    assert content is not None and reason is not None
+    return content, reason
 
 
 def test_tiny_model_is_small_and_writes_prompt_dependent_ascii(tiny_model_path: Path) -> None:

@@ -69,12 +69,13 @@ def conversation(ws: SlackWorkspace, thread: str) -> ConversationKey:
 
 
 def fault_options(kind: str) -> dict[str, Any]:
-    return {
+    options: dict[str, dict[str, Any]] = {
         "drop": {"drop": "before"},
         "drop_after": {"drop": "after"},
         "server_error": {"status": 503},
         "retry_after": {"status": 429, "retry_after": 0.3},
-    }[kind]
+    }
+    return options[kind]
 
 
 def inject(ws: SlackWorkspace, mode: str, step: str, kind: str) -> Fault:

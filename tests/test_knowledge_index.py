@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -34,8 +35,8 @@ async def db(url: str) -> AsyncIterator[SqlRepository]:
     await repo.close()
 
 
-def knowledge(db: SqlRepository, config: KnowledgeSettings, **kwargs: object) -> KnowledgeBase:
-    return KnowledgeBase(config, db.db, **kwargs)  # type: ignore[arg-type]
+def knowledge(db: SqlRepository, config: KnowledgeSettings, **kwargs: Any) -> KnowledgeBase:
+    return KnowledgeBase(config, db.db, **kwargs)
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ async def test_unreadable_file_is_skipped(db, tmp_path) -> None:
     assert dict((await kb.sync()).problems)["secret.md"] == "permission denied"
 
 
-async def _count(db: SqlRepository, table) -> int:  # type: ignore[no-untyped-def]
+async def _count(db: SqlRepository, table) -> int:
     async with db.db.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 

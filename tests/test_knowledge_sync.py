@@ -33,7 +33,7 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def db(tmp_path: Path):
     repo = SqlRepository(f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}")
     await repo.start()
     yield repo

@@ -109,8 +109,8 @@ class FakeServer:
                 await self.release.wait()
         done = {"choices": [{"delta": {}, "finish_reason": "length"}]}
         usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
-        for event in (done, usage):
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        for last in (done, usage):
+            await response.write(f"data: {json.dumps(last)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         return response
 

@@ -483,9 +483,9 @@ async def run_conversations(
     replies: dict[int | None, list[str]] = {}
     for message in telegram.bot_messages(GROUP):
         replies.setdefault(message.reply_to, []).append(message.text)
-    questions = {m.text: m.message_id for m in telegram.messages[GROUP].values()}
+    asked = {m.text: m.message_id for m in telegram.messages[GROUP].values()}
     assert replies == {
-        questions[text]: [script]
+        asked[text]: [script]
         for text in (*(q for q in first if "group" in q), "tg group alice two", "tg group bob two")
     }
     shown = to_mrkdwn(script)

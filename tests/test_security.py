@@ -32,6 +32,7 @@ from adapters.base import Adapter
 from bot.app import App
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import QUIET, setup_logging
+from storage.sql import SqlRepository
 from tests.chat_drivers import (
     Conv,
     Driver,
@@ -66,6 +67,7 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 async def rows(app: App, table: str, where: str = "", **params: str) -> int:
     """Rows really in a table, counted with plain SQL."""
     query = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")
+    assert isinstance(app.repo, SqlRepository)
     async with app.repo.db.connect() as conn:
         return int((await conn.execute(text(query), params)).scalar_one())
 

@@ -37,7 +37,7 @@ MEDIUM = int(MEDIUM_ANSWER_ENV["EDGEQA_ENGINE__MAX_TOKENS"])
 GENEROUS = 600
 
 
-def streaming(question: str):  # type: ignore[no-untyped-def]
+def streaming(question: str):
     """An event showing the answer to `question` being written (not yet final)."""
     return lambda e: e["type"] == "reply" and e["question"] == question and len(e["text"]) >= 20
 

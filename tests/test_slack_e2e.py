@@ -132,11 +132,11 @@ async def test_three_answers_at_once_stay_within_the_edit_budget(
         limit = app.settings.slack.max_message_len
         for message in asked:
             [answer] = await stored(app, key(ws, CHANNEL, message.ts))
-            await eventually(
-                lambda m=message, a=answer: (
-                    thread_texts(ws, CHANNEL, m.ts) == expected_messages(a, limit)
-                )
-            )
+
+            def delivered(m=message, a=answer):  # this loop's message and answer
+                return thread_texts(ws, CHANNEL, m.ts) == expected_messages(a, limit)
+
+            await eventually(delivered)
         assert ws.api.max_per_window("chat.update") <= budget
 
 

@@ -274,7 +274,7 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_busy_timeout(tmp_pa
             async with repo.db.connect() as conn:
                 assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
                 assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
-                assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() >= 1000
+                assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one() >= 1000
             await repo.db.dispose()
 
 

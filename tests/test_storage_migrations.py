@@ -63,7 +63,7 @@ async def test_running_the_upgrade_again_changes_nothing_and_keeps_data(url):
 
 async def test_two_processes_upgrading_at_once_both_succeed(url):
     results = await asyncio.gather(upgrade(url), upgrade(url), upgrade(url))
-    assert results == [head_revision()] * 3
+    assert list(results) == [head_revision()] * 3
 
 
 async def test_models_and_migrations_describe_the_same_schema(url):

@@ -8,6 +8,7 @@ end-to-end tests with the real core and engine are in test_telegram_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -52,7 +53,7 @@ class ScriptedCore:
             if ref is None:
                 ref = await self.adapter.send(msg.key, text, reply_to=msg.message_id)
             else:
-                await retrying(lambda r=ref, t=text: self.adapter.edit(r, t))
+                await retrying(functools.partial(self.adapter.edit, ref, text))
             await asyncio.sleep(self.adapter.edit_interval(msg.key))
         assert ref is not None
         await retrying(lambda: self.adapter.edit(ref, answer, final=True))
@@ -87,8 +88,8 @@ def settings_for(fake: FakeTelegram, **telegram: Any) -> Settings:
         "admins": [str(ADMIN)],
         **telegram,
     }
-    secret = {"telegram_webhook_secret": SECRET} if section.get("mode") == "webhook" else {}
-    return Settings(telegram=section, telegram_token=fake.token, **secret)
+    secret = SECRET if section.get("mode") == "webhook" else None
+    return Settings(telegram=section, telegram_token=fake.token, telegram_webhook_secret=secret)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.web_support import (
 FULL_ANSWER = "Answer to why?: " + "".join(STEPS)
 
 
-async def history(client, thread: str, **headers: str):  # type: ignore[no-untyped-def]
+async def history(client, thread: str, **headers: str):
     response = await client.get(
         "/api/history", params={"browser": BROWSER, "thread": thread}, headers=headers
     )
@@ -139,7 +139,7 @@ async def test_a_history_read_overlapping_the_end_of_an_answer_shows_it_once(
         stored = core.history
         answered = asyncio.Event()
 
-        async def slow_history(key):  # type: ignore[no-untyped-def]
+        async def slow_history(key):
             before = await stored(key)
             await answered.wait()  # the answer ends and is stored while we read
             return before if read_before_store else await stored(key)

@@ -198,7 +198,12 @@ class FakeTelegram:
         self, token: str = "123456:TEST-TOKEN", bot_id: int = 777, username: str = "edgeqa_bot"
     ) -> None:
         self.token = token
-        self.bot = {"id": bot_id, "is_bot": True, "first_name": "edgeqa", "username": username}
+        self.bot: dict[str, Any] = {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": "edgeqa",
+            "username": username,
+        }
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.faults: list[Fault] = []
         self.chats: dict[int, dict[str, Any]] = {}
@@ -303,7 +308,7 @@ class FakeTelegram:
         if fault.kind == "not_found":  # an unknown method (an older self-hosted server)
             raise ApiError(404, "Not Found")
         if fault.kind == "deleted":  # a user deletes the message just before the edit
-            self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id"), None)
+            self.messages.get(params.get("chat_id", 0), {}).pop(params.get("message_id", 0), None)
             raise ApiError(400, "Bad Request: message to edit not found")
         if fault.kind == "forbidden":
             raise ApiError(403, "Forbidden: bot was blocked by the user")
