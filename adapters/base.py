@@ -75,6 +75,10 @@ class CoreHandler(Protocol):
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
         """The conversation's stored turns, oldest first (the browser chat shows them on reload)."""
 
+    def allows(self, msg: IncomingMessage) -> bool:
+        """May this sender use the bot here? The one access check (`bot.access`): an adapter
+        that answers something itself (a "text only" hint) asks it first."""
+
     def on_error(self, exc: BaseException, what: str) -> None:
         """Report an unexpected error; adapters' background tasks send theirs here
         (`adapters.shared.Tasks`), so errors are logged in one place."""

@@ -202,6 +202,9 @@ class ConversationService:
     async def history(self, key: ConversationKey) -> Sequence[Turn]:
         return await self._repo.load_history(key)
 
+    def allows(self, msg: IncomingMessage) -> bool:
+        return self._access.allowed(msg)
+
     def on_error(self, exc: BaseException, what: str) -> None:
         """The one place an unexpected error ends up, whether the core caught it or an
         adapter's background task did (botbuilder's on_turn_error): logged with its trace."""

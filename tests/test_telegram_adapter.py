@@ -20,6 +20,7 @@ from aiohttp import web
 from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.shared import log_error
 from adapters.telegram import TelegramAdapter
+from bot.access import AccessPolicy
 from bot.config import Settings
 from bot.types import ConversationKey, IncomingMessage, MessageRef
 from tests.fakes.telegram_api import FakeTelegram
@@ -63,6 +64,9 @@ class ScriptedCore:
 
     async def history(self, key: Any) -> list[Any]:
         return []
+
+    def allows(self, msg: IncomingMessage) -> bool:
+        return AccessPolicy(self.adapter.settings).allowed(msg)
 
     def on_error(self, exc: BaseException, what: str) -> None:
         log_error(exc, what)

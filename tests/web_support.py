@@ -19,6 +19,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.web import WebChatAdapter
+from bot.access import AccessPolicy
 from bot.config import Settings
 from bot.types import ConversationKey, IncomingMessage, MessageRef, Progress
 from storage.base import Turn
@@ -82,6 +83,9 @@ class ScriptedCore:
 
     async def history(self, key: ConversationKey) -> list[Turn]:
         return list(self.turns.get(key, []))
+
+    def allows(self, msg: IncomingMessage) -> bool:
+        return AccessPolicy(self.adapter.settings).allowed(msg)
 
     def on_error(self, exc: BaseException, what: str) -> None:
         self.errors.append(f"{what}: {exc}")

@@ -51,7 +51,7 @@ class TelegramAdapter(BaseAdapter):
     def __init__(self, settings: Settings) -> None:
         if settings.telegram_token is None:
             raise ValueError("EDGEQA_TELEGRAM_TOKEN is not set")
-        self._settings = settings
+        self.settings = settings
         self._tg = settings.telegram
         self._webhook = self._tg.mode == "webhook"
         token = settings.telegram_token.get_secret_value()
@@ -94,7 +94,7 @@ class TelegramAdapter(BaseAdapter):
                     "Telegram rejected the bot token (EDGEQA_TELEGRAM_TOKEN); "
                     "check it with @BotFather"
                 ) from None
-            token = self._settings.telegram_token
+            token = self.settings.telegram_token
             detail = str(exc).replace(token.get_secret_value(), "***") if token else str(exc)
             if not isinstance(exc, TelegramError):  # a reply PTB could not read
                 detail = f"unreadable reply to getMe ({type(exc).__name__}: {detail})"
@@ -105,7 +105,7 @@ class TelegramAdapter(BaseAdapter):
         await self._register_commands()
         if self._webhook:
             await self._app.start()
-            secret = self._settings.telegram_webhook_secret
+            secret = self.settings.telegram_webhook_secret
             await bot.set_webhook(
                 url=self._tg.webhook_url,
                 secret_token=secret.get_secret_value() if secret is not None else None,
@@ -173,7 +173,7 @@ class TelegramAdapter(BaseAdapter):
 
     async def _on_webhook(self, request: web.Request) -> web.Response:
         got = request.headers.get(SECRET_HEADER)
-        secret = self._settings.telegram_webhook_secret
+        secret = self.settings.telegram_webhook_secret
         if got is None:
             return web.Response(status=401, text="missing secret token")
         if secret is None or not hmac.compare_digest(
@@ -203,12 +203,15 @@ class TelegramAdapter(BaseAdapter):
         route = self._router.route(message)
         chat_id, user_id = message.chat.id, message.from_user.id if message.from_user else 0
         if isinstance(route, Unsupported):
-            if self._allowed(user_id, chat_id):
+            probe = IncomingMessage(key=route.key, user_id=str(user_id), text="", is_direct=True)
+            if self._handler.allows(probe):
                 texts = self._catalogs.for_tag(_language_of(message))
                 self._tasks.spawn(
                     self.send(route.key, texts.gettext(TEXT_ONLY), final=True),
                     "telegram: the text-only hint",
                 )
+            else:
+                log.info("telegram: ignored a message from user %s (not allowed)", user_id)
             return
         if route is None or not route.text:
             log.debug("telegram: update %s in chat %s not for us", update.update_id, chat_id)
@@ -226,15 +229,6 @@ class TelegramAdapter(BaseAdapter):
             message_id=str(message.message_id),
             language=_language_of(message),
         )
-
-    def _allowed(self, user_id: int, chat_id: int) -> bool:
-        """The core decides access for questions; this only keeps the "text only" hint from
-        strangers (same rule: empty lists allow everyone, a listed user may always DM)."""
-        users, chats = self._tg.allowed_users, self._tg.allowed_chats
-        if users and str(user_id) not in users:
-            log.info("telegram: ignored a message from user %s (not allowed)", user_id)
-            return False
-        return not chats or str(chat_id) in chats or bool(users)
 
     @staticmethod
     def _polling_failed(exc: TelegramError) -> None:
