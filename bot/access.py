@@ -5,7 +5,8 @@ Decided on ids only — never on display names, which anyone can set to look lik
 
 from __future__ import annotations
 
-from bot.config import AccessSettings, Settings
+from bot.config import Settings
+from bot.sections import AccessSettings
 from bot.types import IncomingMessage
 
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -25,13 +22,15 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
 
+from adapters.slack.config import SlackSettings
+from adapters.telegram.config import TelegramSettings
 from bot.i18n import AUTO, available_languages
+from bot.sections import AccessSettings, Duration, IdList, Section
 from knowledge.config import KnowledgeSettings
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
@@ -53,47 +52,6 @@ class ConfigError(Exception):
     """A setting is wrong; the message is one line that names it."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> Any:
-    """ "90s", "5m", "24h", "1d" or a plain number of seconds -> seconds (float)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 5m, 24h)")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
-
-
-def _ids(value: Any) -> Any:
-    """Allow-lists accept numbers (Telegram ids) and strings alike; compare as strings."""
-    if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if isinstance(value, list | tuple):
-        return [str(item).strip() for item in value]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-IdList = Annotated[list[str], NoDecode, BeforeValidator(_ids)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AccessSettings(Section):
-    """Who may talk to the bot on one platform. Empty allow-lists allow everyone."""
-
-    allowed_users: IdList = []
-    allowed_chats: IdList = []
-    admins: IdList = []
-
-
 class EngineSettings(Section):
     kind: Literal["llama_cpp", "openai"] = "llama_cpp"
     model: str = DEFAULT_MODEL
@@ -111,7 +69,7 @@ class EngineSettings(Section):
     repeat_penalty: float = Field(1.1, gt=0)
     seed: int = -1
     max_tokens: int = Field(512, ge=1)
-    stop: list[str] = []
+    stop: list[str] = Field(default_factory=list)
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_model: str = "default"
     openai_timeout: Duration = 120.0
@@ -154,36 +112,7 @@ class WebSettings(AccessSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     edit_interval: Duration = 0.1
-    admins: IdList = ["*"]
-
-
-class TelegramSettings(AccessSettings):
-    enabled: bool = False
-    mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str = ""
-    webhook_path: str = "/telegram/webhook"
-    base_url: str = ""
-    edit_interval: Duration = 1.0
-    group_edit_interval: Duration = 3.0
-    trigger_prefix: str = ""
-    use_drafts: bool = True
-    # Characters per message before the answer continues in a new one (Telegram: 4096,
-    # kept lower for the HTML markup and for clients that count UTF-16 units).
-    max_message_len: int = Field(3800, ge=100, le=4096)
-
-
-class SlackSettings(AccessSettings):
-    enabled: bool = False
-    mode: Literal["socket", "http"] = "socket"
-    base_url: str = ""
-    events_path: str = "/slack/events"
-    commands_path: str = "/slack/commands"
-    command: str = "/edgeqa"
-    edit_interval: Duration = 1.5
-    workspace_edits_per_minute: int = Field(50, ge=1)
-    answer_thread_followups: bool = True
-    native_streaming: bool = False
-    max_message_len: int = Field(3500, ge=100, le=39000)
+    admins: IdList = Field(default_factory=lambda: ["*"])
 
 
 class LogSettings(Section):
@@ -231,22 +160,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.telegram.enabled and self.telegram_token is None:
-            raise ValueError("telegram.enabled is true but EDGEQA_TELEGRAM_TOKEN is not set")
-        if self.slack.enabled:
-            if self.slack_bot_token is None:
-                raise ValueError("slack.enabled is true but EDGEQA_SLACK_BOT_TOKEN is not set")
-            if self.slack.mode == "socket" and self.slack_app_token is None:
-                raise ValueError("slack.mode is socket but EDGEQA_SLACK_APP_TOKEN is not set")
-            if self.slack.mode == "http" and self.slack_signing_secret is None:
-                raise ValueError("slack.mode is http but EDGEQA_SLACK_SIGNING_SECRET is not set")
-        if self.telegram.enabled and self.telegram.mode == "webhook":
-            if not self.telegram.webhook_url:
-                raise ValueError("telegram.mode is webhook but telegram.webhook_url is empty")
-            if self.telegram_webhook_secret is None:
-                raise ValueError(
-                    "telegram.mode is webhook but EDGEQA_TELEGRAM_WEBHOOK_SECRET is not set"
-                )
+        # Each platform's section checks what it needs from the environment.
+        self.telegram.check(token=self.telegram_token, webhook_secret=self.telegram_webhook_secret)
+        self.slack.check(
+            bot_token=self.slack_bot_token,
+            app_token=self.slack_app_token,
+            signing_secret=self.slack_signing_secret,
+        )
         # An empty token (EDGEQA_WEB_TOKEN= in a compose file) would leave the chat open.
         web_token = self.web_token.get_secret_value().strip() if self.web_token else ""
         if self.web_chat_enabled and not _is_loopback(self.web.host) and not web_token:

@@ -12,8 +12,8 @@ see README, "Knowledge base", for why and for smaller choices."""
 
 
 def _duration(value: Any) -> Any:
-    """ "10m" like the other intervals (bot.config's parser, imported when first used)."""
-    from bot.config import parse_duration
+    """ "10m" like the other intervals (bot.sections' parser, imported when first used)."""
+    from bot.sections import parse_duration
 
     return parse_duration(value)
 

@@ -22,9 +22,10 @@ from pydantic import SecretStr
 
 from adapters.shared import log_error
 from adapters.slack import SlackAdapter
+from adapters.slack.config import SlackSettings
 from adapters.slack.render import escape, to_mrkdwn
 from bot.app import App
-from bot.config import Settings, SlackSettings
+from bot.config import Settings
 from bot.flusher import StreamFlusher
 from bot.types import ConversationKey, IncomingMessage
 from storage.base import Turn

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SlackSettings
+from adapters.slack.config import SlackSettings
 
 yaml = pytest.importorskip("yaml")  # comes with huggingface-hub
 

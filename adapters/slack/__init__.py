@@ -1,5 +1,22 @@
-"""Slack adapter (slack-bolt, Socket Mode or HTTP). See adapter.py."""
+"""Slack adapter (slack-bolt, Socket Mode or HTTP). See adapter.py.
 
-from adapters.slack.adapter import SlackAdapter
+The adapter (and with it the SDK) is imported on first use, so `config` can be read by the
+core's settings without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapters.slack.adapter import SlackAdapter
 
 __all__ = ["SlackAdapter"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlackAdapter":
+        from adapters.slack.adapter import SlackAdapter
+
+        return SlackAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,8 +28,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.shared import BoundedMap
 from adapters.slack.budget import EditBudget
+from adapters.slack.config import SlackSettings
 from adapters.slack.render import escape, to_mrkdwn
-from bot.config import SlackSettings
 from bot.i18n import N_
 from bot.types import ConversationKey, MessageRef
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from adapters.telegram.config import TelegramSettings
 from adapters.telegram.routing import is_group_chat
-from bot.config import TelegramSettings
 from bot.types import ConversationKey
 
 ACTIVE_FOR = 10.0  # seconds a group conversation counts as streaming after its last write

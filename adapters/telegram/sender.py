@@ -35,9 +35,9 @@ from telegram.warnings import PTBDeprecationWarning
 from adapters.base import MessageTooLong, PlatformError, RateLimited, Refused
 from adapters.shared import BoundedMap
 from adapters.telegram.cadence import ChatCadence
+from adapters.telegram.config import TelegramSettings
 from adapters.telegram.render import plain_sources, render, sources_footer, visible_text
 from adapters.telegram.routing import Router, is_group_chat, topic_of
-from bot.config import TelegramSettings
 from bot.types import ConversationKey, MessageRef, Source
 
 log = logging.getLogger(__name__)
