@@ -11,7 +11,7 @@ a test can check what the model read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -62,7 +62,8 @@ def kb_settings(
     *,
     mode: str = "strict",
     embedding: Path | None = None,
-    **env: str,
+    env: Mapping[str, str] | None = None,
+    **more: str,
 ) -> Settings:
     """Settings with the two document folders as sources (see the module docstring), keyword
     search alone or with the `embedding` GGUF (tests/tiny_bert.py)."""
@@ -98,7 +99,8 @@ collections = ["hr"]
         "EDGEQA_KNOWLEDGE__PASSAGE_TOKENS": "700",
         "EDGEQA_KNOWLEDGE__EMBEDDING_MODEL": str(embedding or ""),
         "EDGEQA_KNOWLEDGE__MIN_SCORE": "0.3",
-        **env,
+        **(env or {}),
+        **more,
     }
     return load_settings(config, env=values)
 
@@ -110,7 +112,7 @@ class RecordingLlama(LlamaCppEngine):
         super().__init__(settings.engine, model=settings.model_ref)
         self.requests: list[GenerationRequest] = []
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         async for chunk in super().stream(request):
             yield chunk
@@ -127,9 +129,11 @@ async def grounded_app(settings: Settings, adapters: list[Adapter]) -> AsyncIter
     app = App(settings, engine=RecordingLlama(settings), adapters=adapters)
     await app.start()
     try:
-        assert app.knowledge is not None and app.service.knowledge is app.knowledge
-        await app.knowledge.sync()  # (or waits for the first scheduled pass to finish)
-        assert (await app.knowledge.status()).documents == len(DOCUMENTS)
+        kb = app.knowledge
+        assert app.service.knowledge is kb
+        assert kb is not None
+        await kb.sync()  # (or waits for the first scheduled pass to finish)
+        assert (await kb.status()).documents == len(DOCUMENTS)
         yield app
     finally:
         await app.stop(grace=5.0)

@@ -283,7 +283,7 @@ async def test_prefer_mode_answers_anyway_marked_and_without_sources(
 async def test_telegram_answer_ends_with_html_source_links(
     tmp_path: Path, tiny_model_path: Path, fake: FakeTelegram
 ) -> None:
-    settings = kb_settings(tmp_path, tiny_model_path, **telegram_env(fake))
+    settings = kb_settings(tmp_path, tiny_model_path, env=telegram_env(fake))
     alice = fake.user(10, "Alice", "alice")
     async with grounded_app(settings, [TelegramAdapter(settings)]) as app:
         fake.user_says(fake.private_chat(alice), alice, HOTEL_QUESTION)
@@ -328,9 +328,9 @@ async def test_slack_answer_ends_with_mrkdwn_source_links(
     settings = kb_settings(
         tmp_path,
         tiny_model_path,
+        env=slack_env(ws),
         EDGEQA_SLACK__WORKSPACE_EDITS_PER_MINUTE="600",
         EDGEQA_SLACK__NATIVE_STREAMING=native,
-        **slack_env(ws),
     )
     async with grounded_app(settings, [SlackAdapter(settings)]) as app:
         await ws.socket.wait_connected()

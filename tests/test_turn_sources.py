@@ -36,7 +36,9 @@ async def stored_sources(repo: SqlRepository) -> int:
     from storage.tables import turn_sources
 
     async with repo.db.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(turn_sources))).scalar())
+        return int(
+            (await conn.execute(select(func.count()).select_from(turn_sources))).scalar_one()
+        )
 
 
 async def test_a_turn_keeps_its_sources_in_order(repo: SqlRepository) -> None:
