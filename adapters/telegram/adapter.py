@@ -249,7 +249,7 @@ class TelegramAdapter(BaseAdapter):
         final: bool = False,
         sources: Sequence[Source] = (),
     ) -> MessageRef:
-        return await self._sender.send(key, text, reply_to=reply_to, final=final, sources=sources)
+        return await self._sender.send(key, text, reply_to, final, sources)
 
     async def edit(
         self,
@@ -259,7 +259,7 @@ class TelegramAdapter(BaseAdapter):
         final: bool = False,
         sources: Sequence[Source] = (),
     ) -> None:
-        await self._sender.edit(ref, text, final=final, sources=sources)
+        await self._sender.edit(ref, text, final, sources)
 
     def render_sources(self, sources: Sequence[Source]) -> str:
         return self._sender.render_sources(sources)

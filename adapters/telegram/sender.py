@@ -73,14 +73,9 @@ class TelegramSender:
         return self._tg.use_drafts and not is_group_chat(chat_id) and chat_id not in self._no_drafts
 
     async def send(
-        self,
-        key: ConversationKey,
-        text: str,
-        *,
-        reply_to: str = "",
-        final: bool = False,
-        sources: Sequence[Source] = (),
+        self, key: ConversationKey, text: str, reply_to: str, final: bool, sources: Sequence[Source]
     ) -> MessageRef:
+        """The adapter's send (see adapters.base.Adapter)."""
         chat_id = int(key.channel)
         if not final and self._drafts_allowed(chat_id):
             draft_id = next(self._draft_ids)
@@ -93,13 +88,9 @@ class TelegramSender:
         return MessageRef(key, str(message_id))
 
     async def edit(
-        self,
-        ref: MessageRef,
-        text: str,
-        *,
-        final: bool = False,
-        sources: Sequence[Source] = (),
+        self, ref: MessageRef, text: str, final: bool, sources: Sequence[Source]
     ) -> None:
+        """The adapter's edit (see adapters.base.Adapter)."""
         key = ref.key
         chat_id = int(key.channel)
         if draft := ref.get("draft_id"):
