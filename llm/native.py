@@ -133,10 +133,16 @@ class ContextParams:
 
 
 class NativeContext:
-    """One llama.cpp context: `n_seq` sequences with `n_ctx_seq` KV cells each.
+    """One llama.cpp context: `n_seq` sequences sharing one pool of `n_seq * n_ctx_seq` cells.
 
-    The KV cache is not unified: every sequence owns its own cells, so a token attends only
-    to its own conversation (cheaper than masking a shared cache when prefixes differ).
+    The KV cache is unified (one pool, cells tagged by sequence), not one stream per sequence:
+    llama.cpp can put tokens of several streams in one micro-batch only when their sequence
+    ids are consecutive (and then only the same number of tokens each), so 4 conversations
+    in slots 0, 2, 5 and 7 cost 4 passes over the weights per step, and 3 answers plus a
+    prompt chunk cost 2. With a unified pool every step is one pass whatever the slots (it
+    is what llama-server does with `-np auto`). Attention masks other sequences' cells, and
+    the CPU kernel skips masked cells, so sharing the pool costs nothing measurable. Each
+    slot stays within `n_ctx_seq` (the worker's limit), so the pool never overflows.
     """
 
     def __init__(self, model: NativeModel, params: ContextParams) -> None:
@@ -147,7 +153,7 @@ class NativeContext:
         cparams.n_seq_max = params.n_seq
         cparams.n_threads = params.threads
         cparams.n_threads_batch = params.threads
-        cparams.kv_unified = False
+        cparams.kv_unified = True
         cparams.no_perf = True
         quantized = params.kv_type != "f16"
         # A quantized V cache needs flash attention in llama.cpp.
@@ -167,7 +173,8 @@ class NativeContext:
         self.ptr = ctx
         self.model = model
         self.params = params
-        self.n_ctx_seq: int = lc.llama_n_ctx_seq(ctx)
+        # llama.cpp's n_ctx_seq is the whole pool when unified; a slot gets its share.
+        self.n_ctx_seq: int = min(params.n_ctx_seq, lc.llama_n_ctx(ctx) // params.n_seq)
         self.memory = lc.llama_get_memory(ctx)
 
     def decode(self, batch: Batch) -> int:
