@@ -33,7 +33,7 @@ from bot.i18n import AUTO, available_languages
 from bot.sections import AccessSettings, Duration, IdList, Section
 from knowledge.config import KnowledgeSettings
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_0.gguf"
 DEFAULT_CONFIG_FILE = "edgeqa.toml"
 
 # Settings that are secrets: only ever read from these environment variables.

@@ -55,6 +55,9 @@ class RequestStats:
     time_to_first_token: float = 0.0
     tokens_per_second: float = 0.0
     finish_reason: str = ""  # "stop", "length", "cancelled", "error"
+    # Engine steps (llama_decode calls) from getting a slot to the first token: the wait
+    # counted in work, whatever the machine's speed (0: read and answered in one step).
+    steps_to_first_token: int = 0
 
 
 @dataclass

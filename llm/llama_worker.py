@@ -1,11 +1,13 @@
 """The thread that owns the llama.cpp context and decodes every conversation in one batch.
 
 Each step builds a single llama_decode batch: one token for every conversation that is
-generating, plus a chunk of prompt for those still pre-filling (small while others are
-generating, so their streams keep flowing). Each slot is a llama.cpp sequence whose KV cells
-outlive the request: a follow-up in the same conversation pre-fills only what differs from
-the cached tokens. A request takes its conversation's slot, else an empty one, else the
-least recently used idle one (whose KV state may be parked in RAM to restore later).
+generating, plus prompt tokens for those still pre-filling, chosen by
+`llama_slots.plan_prefill` (short questions first and whole, long prompts in chunks, only a
+few tokens per step while answers stream, so those keep flowing). Each slot is a llama.cpp
+sequence whose KV cells outlive the request: a follow-up in the same conversation
+pre-fills only what differs from the cached tokens. A request takes its conversation's
+slot, else an empty one, else the least recently used idle one (whose KV state may be
+parked in RAM to restore later).
 
 Nothing here touches asyncio: results go out through each job's `emit` callback, which
 must be thread-safe; requests and cancellations come in through `submit()` / `cancel()`.
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llm.base import AnswerSpeed, Chunk, EngineBusy, EngineError
-from llm.llama_slots import Slot, StateCache, choose_slot, common_prefix
+from llm.llama_slots import Slot, StateCache, choose_slot, common_prefix, plan_prefill
 from llm.native import Batch, NativeContext, NativeModel, Sampler, SamplingParams
 from llm.textstream import TextStream
 
@@ -69,12 +71,15 @@ class Worker:
         *,
         max_queue: int,
         prefill_chunk: int = 128,
+        short_prompt: int = 128,
         state_cache_bytes: int = 0,
     ) -> None:
         self.model = model
         self.ctx = ctx
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.short_prompt = short_prompt
+        self.steps = 0  # llama_decode calls so far
         self.n_batch = ctx.params.n_batch
         self.slots = [Slot(seq) for seq in range(ctx.params.n_seq)]
         self.states = StateCache(state_cache_bytes)
@@ -161,21 +166,20 @@ class Worker:
         for slot in decoding:
             assert slot.next_token is not None
             slot.logits_at = batch.add(slot.next_token, len(slot.tokens), slot.seq, True)
-        budget = self.n_batch - batch.n
-        if decoding:
-            budget = min(budget, self.prefill_chunk)
-        prefilling: list[tuple[Slot, int]] = []
-        for slot in self.slots:
-            if slot.job is None or not slot.pending or budget <= 0:
-                continue
-            part = slot.pending[:budget]
-            last = len(part) == len(slot.pending)
-            slot.logits_at = batch.add_many(part, len(slot.tokens), slot.seq, last)
-            prefilling.append((slot, len(part)))
-            budget -= len(part)
+        prefilling = plan_prefill(
+            [s for s in self.slots if s.job is not None and s.pending],
+            len(decoding),
+            room=self.n_batch - batch.n,
+            step=self.prefill_chunk,
+            short=self.short_prompt,
+        )
+        for slot, count in prefilling:
+            last = count == len(slot.pending)
+            slot.logits_at = batch.add_many(slot.pending[:count], len(slot.tokens), slot.seq, last)
         if batch.n == 0:
             return
         code = self.ctx.decode(batch)
+        self.steps += 1
         if code != 0:
             failed = [s for s in decoding] + [s for s, _ in prefilling]
             self._decode_failed(failed, code)
@@ -209,6 +213,7 @@ class Worker:
                 slot = choose_slot(idle, job.conversation_id)
                 self._active += 1
                 self._assign(slot, job)
+                slot.admitted_step = self.steps
                 self._dirty = True
             if self._dirty:
                 self._dirty = False
@@ -255,6 +260,7 @@ class Worker:
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
+            slot.first_token_step = self.steps - 1  # the step that produced it
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return

@@ -1,7 +1,7 @@
 """Where the model file comes from: a local path, or a model-hub reference downloaded once.
 
 A hub reference is "owner/repo/file.gguf" (e.g. the default
-"Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"); it is downloaded with
+"Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_0.gguf"); it is downloaded with
 huggingface_hub into `model_dir/owner/repo/` (a progress bar on stderr) and reused from
 there. When nothing can be had, one line says how to point at a local GGUF instead.
 """

@@ -271,6 +271,29 @@ async def test_too_long_prompts_are_refused_and_answers_fit_the_context(
     assert stats.prompt_tokens + stats.generated_tokens <= 256
 
 
+async def test_a_short_question_gets_its_first_token_in_its_first_step_beside_long_ones(
+    make_engine: MakeEngine,
+) -> None:
+    """Two long questions arriving together must not hold a short one back: it is read
+    whole in the step after it gets a slot, and the long ones take turns, in steps."""
+    engine = await make_engine(slots=4, max_tokens=4)
+    long_text = "word " * 10
+    while engine.count_tokens([SYSTEM, ChatMessage("user", long_text)]) < 1500:
+        long_text += "word " * 10
+    results = await asyncio.gather(
+        greedy(engine, long_text, "long-a"),
+        greedy(engine, "and " + long_text, "long-b"),
+        greedy(engine, "Hi?", "short"),
+    )
+    (_, a), (_, b), (_, short) = results
+    assert a.prompt_tokens > 1000 and b.prompt_tokens > 1000
+    assert short.steps_to_first_token == 0
+    # The long ones are read in chunks of at most 128 tokens, one after the other.
+    first, second = sorted([a, b], key=lambda s: s.steps_to_first_token)
+    assert first.steps_to_first_token >= first.prompt_tokens // 128
+    assert second.steps_to_first_token >= (first.prompt_tokens + second.prompt_tokens) // 128
+
+
 async def test_engines_start_and_close_one_after_another(make_engine: MakeEngine) -> None:
     for _ in range(3):
         engine = await make_engine()

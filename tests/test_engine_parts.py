@@ -6,7 +6,7 @@ import pytest
 
 from llm.base import ChatMessage, EngineBusy
 from llm.chat_template import ChatTemplate
-from llm.llama_slots import Slot, StateCache, choose_slot, common_prefix
+from llm.llama_slots import Slot, StateCache, choose_slot, common_prefix, plan_prefill
 from llm.textstream import TextStream
 from llm.waitline import WaitLine
 
@@ -108,3 +108,44 @@ def test_threads_default_to_physical_cores_this_process_may_use() -> None:
     from llm.llama_engine import physical_cores
 
     assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
+
+
+def _reading(seq: int, to_read: int, left: int | None = None, submitted: float = 0.0) -> Slot:
+    """A slot whose request got it with `to_read` prompt tokens, `left` of them still unread."""
+    from llm.llama_worker import Job
+    from llm.native import SamplingParams
+
+    job = Job(
+        prompt=list(range(to_read)),
+        conversation_id=str(seq),
+        max_tokens=8,
+        sampling=SamplingParams(0.0, 1.0, 0, 1.0, 0),
+        stop=(),
+        emit=lambda _: None,
+        submitted=submitted,
+    )
+    slot = Slot(seq)
+    slot.job, slot.to_read = job, to_read
+    slot.pending = list(range(to_read if left is None else left))
+    return slot
+
+
+def test_a_short_question_is_read_whole_before_long_prompts_whatever_the_slot_order() -> None:
+    long_a, long_b = _reading(0, 2000, 1500), _reading(1, 2000, submitted=1.0)
+    short = _reading(3, 60, submitted=2.0)
+    plan = plan_prefill([long_a, long_b, short], 0, room=512, step=128, short=128)
+    assert plan == [(short, 60)]  # alone: its step is as short as its prompt
+    # Once it answers, the long prompts go on a few tokens per step beside its answer...
+    plan = plan_prefill([long_a, long_b], 1, room=511, step=128, short=128)
+    assert plan == [(long_a, 1)]
+    # ... and in step-sized chunks, the one with less left first, when nobody is answering.
+    assert plan_prefill([long_b, long_a], 0, room=512, step=128, short=128) == [(long_a, 128)]
+
+
+def test_prompt_tokens_beside_answers_grow_with_the_answers_and_fit_the_batch() -> None:
+    prompt = _reading(7, 3000)
+    counts = [plan_prefill([prompt], d, room=512, step=128, short=128)[0][1] for d in (1, 3, 7)]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] <= 4
+    shorts = [_reading(i, 100) for i in range(6)]
+    plan = plan_prefill(shorts, 2, room=510, step=128, short=128)
+    assert sum(n for _, n in plan) == 510  # several short questions: as many as the batch holds
