@@ -51,8 +51,9 @@ class LlamaCppEngine:
     ) -> None:
         """`model`: a GGUF path or hub reference (default: settings.model).
 
-        `prefill_chunk`: prompt tokens pre-filled per step while other answers stream
-        (smaller keeps them flowing, larger gets new answers started sooner).
+        `prefill_chunk`: prompt tokens of a long prompt read per step while nobody is
+        answering (larger reads a little faster, smaller lets a newcomer in sooner; see
+        `llama_slots.plan_prefill`, which also decides the share while answers stream).
         `state_cache_mb`: RAM for KV states of conversations evicted from their slot.
         """
         self.settings = settings
