@@ -12,6 +12,8 @@ text formats.
 from __future__ import annotations
 
 import datetime
+import io
+import zipfile
 from pathlib import Path
 
 import docx
@@ -25,95 +27,164 @@ FIXED_DATE = datetime.datetime(2026, 3, 1, 9, 0, tzinfo=datetime.UTC)
 Block = tuple[str, str | list[str]]
 
 LEAVE: list[Block] = [
-    ("p", "This policy covers employees of Fernhollow Labs in Norway and Germany. "
-          "Employees in Shanghai: see the Chinese leave rules."),
+    (
+        "p",
+        "This policy covers employees of Fernhollow Labs in Norway and Germany. "
+        "Employees in Shanghai: see the Chinese leave rules.",
+    ),
     ("h", "Annual leave"),
-    ("p", "Full-time employees have 27 working days of paid annual leave per calendar "
-          "year. Part-time employees have the same share of 27 days as their working time."),
-    ("p", "Up to 5 unused days may be carried over to the next year; carried-over days "
-          "must be taken by 31 March, after which they are lost."),
-    ("p", "Request leave in PeoplePort. Requests for more than 5 consecutive days must be "
-          "made at least 3 weeks in advance."),
+    (
+        "p",
+        "Full-time employees have 27 working days of paid annual leave per calendar "
+        "year. Part-time employees have the same share of 27 days as their working time.",
+    ),
+    (
+        "p",
+        "Up to 5 unused days may be carried over to the next year; carried-over days "
+        "must be taken by 31 March, after which they are lost.",
+    ),
+    (
+        "p",
+        "Request leave in PeoplePort. Requests for more than 5 consecutive days must be "
+        "made at least 3 weeks in advance.",
+    ),
     ("h", "Sick leave"),
-    ("p", "You may self-certify sickness for up to 3 calendar days at a time, at most 4 "
-          "times in 12 months. Longer absences need a doctor's note from the first day "
-          "after the self-certified period. Tell your manager before 09:00 on the first day."),
+    (
+        "p",
+        "You may self-certify sickness for up to 3 calendar days at a time, at most 4 "
+        "times in 12 months. Longer absences need a doctor's note from the first day "
+        "after the self-certified period. Tell your manager before 09:00 on the first day.",
+    ),
     ("page", ""),
     ("h", "Parental leave"),
-    ("p", "Fernhollow tops up the public parental benefit to full salary for 49 weeks. "
-          "Tell HR at least 12 weeks before the leave starts."),
+    (
+        "p",
+        "Fernhollow tops up the public parental benefit to full salary for 49 weeks. "
+        "Tell HR at least 12 weeks before the leave starts.",
+    ),
     ("h", "Company days off"),
-    ("ul", [
-        "Recharge Day: every office closes on the second Friday of June.",
-        "Volunteering: 2 paid days per year for volunteer work of your choice.",
-        "Bereavement: 5 paid days on the death of a close family member.",
-        "Moving house: 1 paid day per year.",
-    ]),
+    (
+        "ul",
+        [
+            "Recharge Day: every office closes on the second Friday of June.",
+            "Volunteering: 2 paid days per year for volunteer work of your choice.",
+            "Bereavement: 5 paid days on the death of a close family member.",
+            "Moving house: 1 paid day per year.",
+        ],
+    ),
 ]
 
 CONDUCT: list[Block] = [
-    ("p", "How we behave towards customers, partners and each other. Every employee "
-          "confirms this code once a year."),
+    (
+        "p",
+        "How we behave towards customers, partners and each other. Every employee "
+        "confirms this code once a year.",
+    ),
     ("h", "Gifts and hospitality"),
-    ("p", "You may accept gifts worth up to EUR 50 per business partner per year. Register "
-          "every gift above that value in the Gift Register, and decline gifts of cash or "
-          "anything offered during a purchasing decision."),
+    (
+        "p",
+        "You may accept gifts worth up to EUR 50 per business partner per year. Register "
+        "every gift above that value in the Gift Register, and decline gifts of cash or "
+        "anything offered during a purchasing decision.",
+    ),
     ("h", "Conflicts of interest"),
-    ("p", "Declare possible conflicts of interest (family members at suppliers, shares in "
-          "competitors) in PeoplePort. Everyone renews the declaration by 31 January each "
-          "year. Side jobs need written approval from your manager and HR."),
+    (
+        "p",
+        "Declare possible conflicts of interest (family members at suppliers, shares in "
+        "competitors) in PeoplePort. Everyone renews the declaration by 31 January each "
+        "year. Side jobs need written approval from your manager and HR.",
+    ),
     ("h", "Speaking up"),
-    ("p", "Report misconduct to your manager, to HR, or anonymously through the "
-          "whistleblowing service run by Clearline, an independent provider, at "
-          "speakup.fernhollow.example. Nobody is punished for a report made in good faith."),
+    (
+        "p",
+        "Report misconduct to your manager, to HR, or anonymously through the "
+        "whistleblowing service run by Clearline, an independent provider, at "
+        "speakup.fernhollow.example. Nobody is punished for a report made in good faith.",
+    ),
     ("h", "Media and social media"),
-    ("p", "Only the Communications team speaks for Fernhollow. Send press questions to "
-          "Sofie Nakamura-Berg, Communications lead, at press@fernhollow.example."),
+    (
+        "p",
+        "Only the Communications team speaks for Fernhollow. Send press questions to "
+        "Sofie Nakamura-Berg, Communications lead, at press@fernhollow.example.",
+    ),
 ]
 
 REMOTE: list[Block] = [
-    ("p", "Fernhollow Labs works hybrid. This policy says when we meet in the office and "
-          "how to work from elsewhere."),
+    (
+        "p",
+        "Fernhollow Labs works hybrid. This policy says when we meet in the office and "
+        "how to work from elsewhere.",
+    ),
     ("h", "Office days"),
-    ("p", "Everyone works at least 2 days a week in the office. Tuesday and Thursday are "
-          "team days, when whole teams are in."),
+    (
+        "p",
+        "Everyone works at least 2 days a week in the office. Tuesday and Thursday are "
+        "team days, when whole teams are in.",
+    ),
     ("h", "Core hours"),
-    ("p", "Core hours are 10:00 to 15:00 local time: be reachable for meetings then. "
-          "Outside core hours, plan your day with your team."),
+    (
+        "p",
+        "Core hours are 10:00 to 15:00 local time: be reachable for meetings then. "
+        "Outside core hours, plan your day with your team.",
+    ),
     ("h", "Working from abroad"),
-    ("p", "You may work from another country for up to 20 working days per calendar year. "
-          "HR must approve it at least 4 weeks in advance (tax and insurance rules), and "
-          "countries under sanctions are excluded."),
+    (
+        "p",
+        "You may work from another country for up to 20 working days per calendar year. "
+        "HR must approve it at least 4 weeks in advance (tax and insurance rules), and "
+        "countries under sanctions are excluded.",
+    ),
     ("h", "Home internet"),
     ("p", "The company reimburses home internet up to NOK 350 per month through Ledgerly."),
 ]
 
 ON_CALL: list[Block] = [
-    ("p", "Engineers of production services share the on-call duty. This handbook says "
-          "how the rota works, how fast to respond and whom to escalate to."),
+    (
+        "p",
+        "Engineers of production services share the on-call duty. This handbook says "
+        "how the rota works, how fast to respond and whom to escalate to.",
+    ),
     ("h", "Rota"),
-    ("p", "Shifts last one week. Hand-over is every Tuesday at 10:00 CET, in the "
-          "#oncall-handover channel. Swaps are recorded in PagerBell, the paging tool."),
+    (
+        "p",
+        "Shifts last one week. Hand-over is every Tuesday at 10:00 CET, in the "
+        "#oncall-handover channel. Swaps are recorded in PagerBell, the paging tool.",
+    ),
     ("h", "Allowance"),
-    ("p", "Primary on-call receives an allowance of NOK 2,400 per week; secondary on-call "
-          "receives NOK 1,200 per week. A night call-out between 23:00 and 07:00 lasting "
-          "more than 1 hour gives half a day off in lieu."),
+    (
+        "p",
+        "Primary on-call receives an allowance of NOK 2,400 per week; secondary on-call "
+        "receives NOK 1,200 per week. A night call-out between 23:00 and 07:00 lasting "
+        "more than 1 hour gives half a day off in lieu.",
+    ),
     ("h", "Response times"),
-    ("p", "Acknowledge a SEV1 page within 15 minutes and a SEV2 page within 60 minutes. "
-          "SEV3 issues wait for working hours."),
+    (
+        "p",
+        "Acknowledge a SEV1 page within 15 minutes and a SEV2 page within 60 minutes. "
+        "SEV3 issues wait for working hours.",
+    ),
     ("h", "Escalation"),
-    ("p", "If a page is not acknowledged within 10 minutes, PagerBell escalates it to the "
-          "next step of this list, in order:"),
-    ("ol", [
-        "Primary on-call engineer",
-        "Secondary on-call engineer",
-        "Team lead of the affected service",
-        "Head of Reliability, Ingrid Solberg",
-        "CTO, Matthias Krüger",
-    ]),
+    (
+        "p",
+        "If a page is not acknowledged within 10 minutes, PagerBell escalates it to the "
+        "next step of this list, in order:",
+    ),
+    (
+        "ol",
+        [
+            "Primary on-call engineer",
+            "Secondary on-call engineer",
+            "Team lead of the affected service",
+            "Head of Reliability, Ingrid Solberg",
+            "CTO, Matthias Krüger",
+        ],
+    ),
     ("h", "After an incident"),
-    ("p", "Every SEV1 and SEV2 gets a blameless incident review within 5 working days, "
-          "written with the template Blameless Review v3."),
+    (
+        "p",
+        "Every SEV1 and SEV2 gets a blameless incident review within 5 working days, "
+        "written with the template Blameless Review v3.",
+    ),
 ]
 
 BENEFITS: list[Block] = [
@@ -121,32 +192,47 @@ BENEFITS: list[Block] = [
     ("h", "Pension"),
     ("p", "In Norway the company pays 7% of salary into your pension, on salary up to 12 G."),
     ("h", "Health and fitness"),
-    ("p", "Health insurance: Fjordhelse Premium for every employee in Norway and Germany. "
-          "Gym subsidy: NOK 400 per month, claimed in Ledgerly."),
+    (
+        "p",
+        "Health insurance: Fjordhelse Premium for every employee in Norway and Germany. "
+        "Gym subsidy: NOK 400 per month, claimed in Ledgerly.",
+    ),
     ("h", "Learning budget"),
-    ("p", "Each employee has a learning budget of EUR 1,200 per year for conferences, "
-          "courses and books. Unused budget does not carry over."),
+    (
+        "p",
+        "Each employee has a learning budget of EUR 1,200 per year for conferences, "
+        "courses and books. Unused budget does not carry over.",
+    ),
     ("h", "Referral bonus"),
     ("p", "Recommend someone we hire and you receive NOK 25,000 once they pass probation."),
     ("h", "Company cabin"),
-    ("p", "The company cabin Hytta in Hemsedal can be booked for up to 4 nights per "
-          "employee per year in PeoplePort."),
+    (
+        "p",
+        "The company cabin Hytta in Hemsedal can be booked for up to 4 nights per "
+        "employee per year in PeoplePort.",
+    ),
 ]
 
 CN_EXPENSES: list[Block] = [
     ("p", "本指南适用于芬霍罗上海公司员工的费用报销。"),
     ("h", "发票"),
-    ("p", "报销必须提供增值税电子普通发票，抬头为“芬霍罗信息技术（上海）有限公司”，"
-          "税号为 91310104MA1FR2X73K。抬头或税号错误的发票不能报销。"),
+    (
+        "p",
+        "报销必须提供增值税电子普通发票，抬头为“芬霍罗信息技术（上海）有限公司”，"
+        "税号为 91310104MA1FR2X73K。抬头或税号错误的发票不能报销。",
+    ),
     ("h", "提交时间"),
     ("p", "请在 Ledgerly 中提交报销，费用发生后 30 天内提交。"),
     ("p", "报销款在每月 25 日随工资一起发放。"),
     ("h", "交通与出差"),
-    ("ul", [
-        "加班到晚上 21:00 以后可以报销打车费，每次上限 120 元。",
-        "国内出差乘坐高铁二等座。",
-        "国内出差餐费标准为每天 150 元。",
-    ]),
+    (
+        "ul",
+        [
+            "加班到晚上 21:00 以后可以报销打车费，每次上限 120 元。",
+            "国内出差乘坐高铁二等座。",
+            "国内出差餐费标准为每天 150 元。",
+        ],
+    ),
 ]
 
 DOCUMENTS: dict[str, tuple[str, list[Block]]] = {
@@ -205,7 +291,20 @@ def write_docx(path: Path, title: str, blocks: list[Block]) -> None:
             style = "List Number" if kind == "ol" else "List Bullet"
             for item in content:
                 document.add_paragraph(item, style=style)
-    document.save(str(path))
+    buffer = io.BytesIO()
+    document.save(buffer)
+    path.write_bytes(_fixed_zip_dates(buffer.getvalue()))
+
+
+def _fixed_zip_dates(data: bytes) -> bytes:
+    """The same DOCX with every zip entry dated FIXED_DATE: regenerating changes no byte."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            fixed = zipfile.ZipInfo(item.filename, date_time=FIXED_DATE.timetuple()[:6])
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(fixed, src.read(item.filename))
+    return out.getvalue()
 
 
 def main() -> None:
