@@ -120,7 +120,7 @@ class AnswerRun:
         print("failures:")
         for q in questions:
             a, verdict = self.answers[q.id], v[q.id]
-            wrong = [k for k in ("fact", "shown") if k in verdict and not verdict[k]]
+            wrong: list[str] = [k for k in ("fact", "shown") if k in verdict and not verdict[k]]
             if not q.answerable and not verdict["abstained"]:
                 wrong = ["answered"]
             if wrong or a.error:

@@ -27,12 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from knowledge.base import KnowledgeBase
-from knowledge.setup import build_knowledge
-
 from bench.knowledge_questions import Question
 from bot.config import Settings, load_settings
 from knowledge import index
+from knowledge.base import KnowledgeBase
+from knowledge.setup import build_knowledge
 from storage.sql import SqlRepository
 
 MODES = ("keyword only", "vectors only", "fused")
@@ -118,10 +117,9 @@ async def same_prompts(settings: Settings, questions: Sequence[Question]) -> dic
     are chosen by the bot's own `build_prompt` with the chat model's tokenizer (the chat
     template's few tokens per message estimated).
     """
-    from llm.tokens import chat_token_counter
-
     from bot.prompt import build_prompt
     from llm.base import ChatMessage
+    from llm.tokens import chat_token_counter
 
     text_count = chat_token_counter(Path(settings.model_ref))
 
