@@ -27,14 +27,10 @@ from bench.knowledge_questions import (
 )
 from bench.load import Bot, Conversation, converse
 from bench.noise import CpuWatch, wait_until_quiet
+from bot.service import NOT_IN_DOCS  # the bot's reply when retrieval finds nothing
 
 BROWSER = "kbbench-browser"
 NOISY = 0.25  # cores other processes took during a pair that make its timing doubtful
-
-try:  # the bot's own "not in the docs" reply, when retrieval finds nothing relevant
-    from bot.service import NOT_IN_DOCS
-except ImportError:  # pragma: no cover - before the grounded pipeline exists
-    NOT_IN_DOCS = "The company's documents don't cover this question"
 
 
 @dataclass
@@ -235,7 +231,8 @@ async def measure_answers(
                 if plain_too and number % 2:  # alternate who goes first: no order bias
                     await ask_plain(session, plain, number, q.text, long_questions[q.id], a)
                 conv, turn = await ask(session, grounded, threads[q.id], q.text)
-                a.answer, a.error = conv.final, a.error or conv.error
+                # The stored answer: what the model wrote (or the bot's "not in the docs").
+                a.answer, a.error = str(turn.get("answer") or conv.final), a.error or conv.error
                 a.sources = list(turn.get("sources") or [])
                 a.tokens = int(turn.get("tokens") or 0)
                 a.first_token = conv.first_visible

@@ -29,9 +29,11 @@ from typing import Any
 
 from bench.knowledge_questions import Question
 from bot.config import Settings, load_settings
+from bot.grounding import retrieval_query
 from knowledge import index
 from knowledge.base import KnowledgeBase
 from knowledge.setup import build_knowledge
+from storage.base import Turn
 from storage.sql import SqlRepository
 
 MODES = ("keyword only", "vectors only", "fused")
@@ -185,12 +187,6 @@ def search_query(q: Question, by_id: dict[str, Question]) -> str:
     if not q.follows:
         return q.text
     previous = by_id[q.follows].text
-    try:
-        from bot.grounding import retrieval_query
-
-        from storage.base import Turn
-    except ImportError:  # before the grounded pipeline exists: its documented behaviour
-        return f"{previous}\n{q.text}"
     turn = Turn("bench", previous, "", "complete", 0, 0, datetime.now(UTC))
     return retrieval_query(q.text, [turn])
 
