@@ -14,6 +14,7 @@ import pytest
 
 from bench.knowledge_questions import (
     HANDBOOK,
+    Question,
     abstains,
     cited_right_source,
     contains_fact,
@@ -39,7 +40,7 @@ def test_the_corpus_has_what_the_issue_asks_for() -> None:
 
 
 @pytest.mark.parametrize("question", [q for q in QUESTIONS if q.answerable], ids=lambda q: q.id)
-def test_every_fact_is_in_its_source_as_edgeqa_reads_it(question) -> None:  # type: ignore[no-untyped-def]
+def test_every_fact_is_in_its_source_as_edgeqa_reads_it(question: Question) -> None:
     path = HANDBOOK / question.source
     text = read_document(path.read_bytes(), path.name).text
     assert contains_fact(text, question.facts), f"{question.facts} not in {question.source}"
