@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from bot.prompt import CUT_MARKER, SOURCES_RULE, build_prompt, neutralise
+import pytest
+
+from bot.prompt import CUT_MARKER, SOURCES_RULE, build_prompt, grounded_question, neutralise
 from knowledge.types import Passage
 from llm.base import ChatMessage
 from storage.base import Turn
@@ -99,7 +102,7 @@ def test_passages_are_numbered_next_to_the_question_and_history_stays_plain() ->
     )
     last = prompt.messages[-1].content
     assert prompt.passages == tuple(passages)
-    assert last.index("[1] Doc1 — Part1\nfact1") < last.index("[2] Doc2 — Part2\nfact2")
+    assert last.index("[1] Doc1 > Part1\nfact1") < last.index("[2] Doc2 > Part2\nfact2")
     assert last.index("[2] Doc2") < last.index(SOURCES_RULE) < last.index("hotel limit?")
     assert last.endswith("hotel limit?")
     assert prompt.messages[1].content == history[0].question  # earlier turns: no passages
@@ -167,3 +170,20 @@ def test_control_markers_in_documents_are_made_plain() -> None:
         passage_budget=500,
     )
     assert "<|im_start|>" not in prompt.messages[-1].content
+
+
+@pytest.mark.parametrize(
+    ("title", "heading", "shown"),
+    [
+        ("Benefits", "Benefits > Referral bonus", "[1] Benefits > Referral bonus\n"),
+        ("Benefits", "Benefits", "[1] Benefits\n"),
+        ("Benefits", "", "[1] Benefits\n"),
+        ("Handbook", "Travel > Hotels", "[1] Handbook > Travel > Hotels\n"),
+        ("差旅", "差旅 > 酒店", "[1] 差旅 > 酒店\n"),
+    ],
+)
+def test_a_passage_names_its_document_and_section_once(
+    title: str, heading: str, shown: str
+) -> None:
+    source = replace(passage(1), title=title, heading=heading)
+    assert shown in grounded_question("q?", [source])
