@@ -21,14 +21,16 @@ from typing import Any
 
 import pytest
 
+from adapters.slack import SlackAdapter
 from adapters.slack.render import escape, to_mrkdwn
 from bot.service import UNDELIVERED
 from bot.types import ConversationKey
+from tests.doubles import ScriptedEngine
 from tests.fakes.common import end
 from tests.fakes.slack_api import Fault
 from tests.fakes.slack_workspace import SlackWorkspace
-from tests.harness import Start, as_shown, eventually, quiet, stored
-from tests.slack_support import bot_starter, expected_messages, workspace
+from tests.harness import Start, as_shown, eventually, quiet, running_app, stored, test_settings
+from tests.slack_support import bot_starter, expected_messages, slack_env, workspace
 from tests.tiny_gguf import write_tiny_model
 
 CHANNEL = "C0GENERAL"
@@ -127,18 +129,26 @@ async def test_a_fault_at_any_step_still_delivers_the_answer(
 
 
 async def test_a_placeholder_post_lost_on_the_way_back_is_reused(
-    bot: Start, ws: SlackWorkspace
+    tmp_path: Path, ws: SlackWorkspace
 ) -> None:
     """Where Slack has no thinking status, an "is thinking…" message holds the answer's
-    place; if posting it is lost on the way back, the answer still ends up in one message."""
+    place; if posting it is lost on the way back, the answer still ends up in one message.
+    The answer waits until the placeholder was posted: on a loaded machine the first words
+    could otherwise come before it (and then, rightly, no placeholder is posted at all)."""
     ws.api.status_error = "not_allowed"
     fault = ws.api.fail("chat.postMessage", drop="after")
-    async with bot() as app:
+    engine = ScriptedEngine("Think first, then answer: here it is.")
+    engine.gate = asyncio.Event()
+    settings = test_settings(tmp_path, **slack_env(ws))
+    async with running_app(settings, [SlackAdapter(settings)], engine=engine) as app:
+        await ws.socket.wait_connected()
         asked = await ws.say(CHANNEL, f"<@{ws.bot}> think first")
+        await eventually(lambda: fault.hits == 1)
+        engine.gate.set()
         [answer] = await stored(app, conversation(ws, asked.ts))
-    assert fault.hits == 1 and "thinking" in fault.hit[0]["text"]
+    assert "thinking" in fault.hit[0]["text"]
     assert [m.text for m in ws.api.bot_messages(CHANNEL, asked.ts)] == expected_messages(
-        answer, 3500
+        answer, 3500, cut=False
     )
 
 
