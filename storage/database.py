@@ -12,6 +12,7 @@ PostgreSQL URLs may carry `?schema=NAME`: the connection's search_path is set to
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, foreign_keys: bool) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             # FULL: a commit survives power loss too; one fsync per turn is nothing here.
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
@@ -82,3 +83,23 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, foreign_keys: bool) -> None:
             cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection writes.
+
+    On a database still in rollback-journal mode (a new file), the switch fails at once with
+    "database is locked" while another connection holds a write lock: SQLite does not call
+    the busy handler for it. Three processes creating one database together hit that. The
+    mode is stored in the file, so once any of them has switched, the others just see WAL.
+    The short sleeps block only while connecting, and only in that race.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, wrapped by the adapter
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)

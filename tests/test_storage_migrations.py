@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import sqlite3
+import threading
 import tomllib
 from pathlib import Path
 
@@ -91,3 +93,35 @@ def test_every_migration_file_is_declared_as_package_data():
     assert any(p.startswith("migrations/versions/") for p in shipped)
     missing = [p for p in shipped if not any(fnmatch.fnmatch(p, pat) for pat in patterns)]
     assert missing == []
+
+
+async def test_a_new_database_another_process_is_writing_to_still_opens(tmp_path):
+    """SQLite refuses the switch to WAL at once (no busy wait) while another connection
+    holds a write lock on a rollback-journal database: three bots creating one database
+    together failed with "database is locked" now and then."""
+    path = tmp_path / "fresh.db"
+    locked, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("CREATE TABLE t (i)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (1)")
+        locked.set()
+        release.wait(30)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert locked.wait(30)
+    threading.Timer(0.3, release.set).start()  # the writer commits while we try to connect
+    engine = create_db_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+    finally:
+        release.set()
+        await engine.dispose()
+        thread.join()
+    assert mode == "wal"
