@@ -18,6 +18,19 @@ from bot.types import ConversationKey
 from tests.fakes.telegram_api import FakeTelegram, Sent
 from tests.harness import Start, as_shown, pieces, running_app, test_settings
 
+# A sticker, as Bot API sends it: the message the bot must answer "text only" to.
+STICKER = {
+    "sticker": {
+        "file_id": "x",
+        "file_unique_id": "y",
+        "width": 1,
+        "height": 1,
+        "is_animated": False,
+        "is_video": False,
+        "type": "regular",
+    }
+}
+
 
 def telegram_env(fake: FakeTelegram) -> dict[str, str]:
     """The variables that turn the Telegram adapter on and point it at the fake."""

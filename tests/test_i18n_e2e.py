@@ -17,22 +17,11 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.harness import Start, stored
 from tests.slack_support import bot_starter as slack_starter
 from tests.slack_support import eventually, workspace
-from tests.telegram_support import bot_starter, key_of
+from tests.telegram_support import STICKER, bot_starter, key_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
 ADMIN = 42
-STICKER = {
-    "sticker": {
-        "file_id": "x",
-        "file_unique_id": "y",
-        "width": 1,
-        "height": 1,
-        "is_animated": False,
-        "is_video": False,
-        "type": "regular",
-    }
-}
 LI, ALICE, PIERRE = 20, 21, 22
 
 

@@ -24,6 +24,7 @@ from bot.access import AccessPolicy
 from bot.config import Settings
 from bot.types import ConversationKey, IncomingMessage, MessageRef
 from tests.fakes.telegram_api import FakeTelegram
+from tests.telegram_support import STICKER
 
 ADMIN = 42
 SECRET = "s3cret-webhook-token"
@@ -167,19 +168,8 @@ async def test_non_text_in_dm_gets_text_only_reply_and_strangers_get_nothing(fak
     core = await bot(allowed_users=["10"])
     alice, eve = fake.user(10, "Alice"), fake.user(66, "Eve")
     dm_alice, dm_eve = fake.private_chat(alice), fake.private_chat(eve)
-    sticker = {
-        "sticker": {
-            "file_id": "x",
-            "file_unique_id": "y",
-            "width": 1,
-            "height": 1,
-            "is_animated": False,
-            "is_video": False,
-            "type": "regular",
-        }
-    }
-    fake.user_says(dm_eve, eve, None, extra=sticker)
-    fake.user_says(dm_alice, alice, None, extra=sticker)
+    fake.user_says(dm_eve, eve, None, extra=STICKER)
+    fake.user_says(dm_alice, alice, None, extra=STICKER)
     await fake.wait_for(lambda: fake.bot_messages(10))
     assert "text" in final_texts(fake, 10)[0]
     assert not fake.bot_messages(66)
